@@ -1,0 +1,49 @@
+//! `vfctl`: the VisionFleet command-line tool for people and scripts.
+
+mod detect;
+mod import;
+mod models;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// VisionFleet command-line tool.
+#[derive(Parser)]
+#[command(name = "vfctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect objects in images; prints one JSON object per detection per line.
+    Detect(detect::DetectArgs),
+    /// Inspect the model store.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+    /// Import weights from another format into the model store.
+    Import {
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
+}
+
+/// Where models live; shared by every subcommand that loads one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Model store folder (manifests and safetensors files).
+    #[arg(long, env = "VF_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Detect(args) => detect::run(args),
+        Command::Models { command } => models::run(command),
+        Command::Import { command } => import::run(command),
+    }
+}
