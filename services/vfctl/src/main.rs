@@ -1,5 +1,6 @@
 //! `vfctl`: the VisionFleet command-line tool for people and scripts.
 
+mod bench;
 mod detect;
 mod import;
 mod models;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Detect objects in images; prints one JSON object per detection per line.
     Detect(detect::DetectArgs),
+    /// Time a model on this machine (decode, letterbox, forward, NMS).
+    Bench(bench::BenchArgs),
     /// Inspect the model store.
     Models {
         #[command(subcommand)]
@@ -43,6 +46,7 @@ pub struct StoreArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Detect(args) => detect::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Models { command } => models::run(command),
         Command::Import { command } => import::run(command),
     }
