@@ -1,9 +1,11 @@
-//! `vfctl`: the VisionFleet command-line tool for people and scripts.
+//! `vfctl`: the VisionFleet command-line tool for people and scripts: detect, bench,
+//! models, import and tail.
 
 mod bench;
 mod detect;
 mod import;
 mod models;
+mod tail;
 
 use std::path::PathBuf;
 
@@ -28,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// Print the events on the detections topic.
+    Tail(tail::TailArgs),
     /// Import weights from another format into the model store.
     Import {
         #[command(subcommand)]
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Detect(args) => detect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Tail(args) => tail::run(args),
         Command::Models { command } => models::run(command),
         Command::Import { command } => import::run(command),
     }

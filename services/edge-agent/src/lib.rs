@@ -1,0 +1,56 @@
+//! The VisionFleet edge agent: takes frames from a source (image folder, synthetic
+//! generator), numbers them per device and streams them to an inference pod, keeping each
+//! frame until the pod acknowledges that its detection event is in Kafka.
+
+pub mod config;
+pub mod source;
+pub mod uplink;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+pub use config::AgentConfig;
+pub use uplink::Summary;
+
+use source::FrameSource;
+
+/// Runs the agent until the source is finished and every frame is acknowledged, or until
+/// `stop` becomes true.
+pub async fn run(config: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Result<Summary> {
+    let source = config.open_source()?;
+    run_with_source(config, source, stop).await
+}
+
+/// Like [`run`] with an explicit source.
+pub async fn run_with_source(
+    config: AgentConfig,
+    mut source: Box<dyn FrameSource>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Summary> {
+    let uplink = config.uplink();
+    // Capture runs on a blocking thread (file reads, JPEG encoding) and hands frames over
+    // through a small channel; fps pacing happens there.
+    let (tx, rx) = mpsc::channel(2);
+    let interval = (config.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / config.fps));
+    let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut next = std::time::Instant::now();
+        while let Some(item) = source.next_image() {
+            let (image, _path) = item?;
+            if let Some(every) = interval {
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                next += every;
+            }
+            if tx.blocking_send(image).is_err() {
+                break; // uplink finished early (stop requested)
+            }
+        }
+        Ok(())
+    });
+    let summary = uplink::run(&uplink, rx, stop).await?;
+    capture.await??;
+    Ok(summary)
+}

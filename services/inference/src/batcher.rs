@@ -1,0 +1,167 @@
+//! The batcher: one worker thread per model that owns the detector, takes frames from a
+//! bounded queue and runs as many as are waiting (up to `max_batch_size`, waiting at most
+//! `max_queue_delay` for more) in one forward pass. Model compute never touches the async
+//! runtime's threads.
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use visionfleet_detector::detector::{RgbView, StageTimings};
+use visionfleet_detector::{Detection, Detector, Manifest};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// What the batcher returns for one frame.
+#[derive(Debug, Clone)]
+pub struct BatchOutput {
+    /// Detections in source pixels.
+    pub detections: Vec<Detection>,
+    /// Time the frame waited in the queue.
+    pub queue_wait: Duration,
+    /// Stage timings of the batch it ran in.
+    pub timings: StageTimings,
+    /// Size of that batch.
+    pub batch_size: usize,
+}
+
+struct Job {
+    image: RgbImage,
+    enqueued: Instant,
+    permit: OwnedSemaphorePermit,
+    reply: oneshot::Sender<Result<BatchOutput, String>>,
+}
+
+/// Batching policy.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Most frames per forward pass.
+    pub max_batch_size: usize,
+    /// Longest wait for more frames after the first.
+    pub max_queue_delay: Duration,
+    /// Frames that may wait in the queue.
+    pub queue_capacity: usize,
+}
+
+/// Handle to one model's worker thread.
+pub struct Batcher {
+    manifest: Manifest,
+    tx: SyncSender<Job>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Starts the worker thread for `detector`.
+    pub fn start(detector: Detector, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
+        let manifest = detector.manifest().clone();
+        let (tx, rx) = sync_channel(policy.queue_capacity);
+        let worker_metrics = metrics.clone();
+        let name = format!("batcher-{}", manifest.name);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || worker(detector, rx, policy, worker_metrics))
+            .expect("spawning the batcher thread");
+        Self {
+            manifest,
+            tx,
+            slots: Arc::new(Semaphore::new(policy.queue_capacity)),
+            metrics,
+        }
+    }
+
+    /// The served model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Queues a frame and waits for its detections. With `wait_for_room` the call waits
+    /// while the queue is full (streams: backpressure); without it a full queue is
+    /// `QueueFull` at once (unary calls: shed load).
+    pub async fn run(&self, image: RgbImage, wait_for_room: bool) -> Result<BatchOutput, Error> {
+        let permit = if wait_for_room {
+            self.slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Draining)?
+        } else {
+            self.slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|e| match e {
+                    tokio::sync::TryAcquireError::Closed => Error::Draining,
+                    tokio::sync::TryAcquireError::NoPermits => Error::QueueFull {
+                        retry_after_ms: 100,
+                    },
+                })?
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            image,
+            enqueued: Instant::now(),
+            permit,
+            reply,
+        };
+        // Never blocks: a permit guarantees a free slot in the channel.
+        self.tx.send(job).map_err(|_| Error::Draining)?;
+        self.metrics.queue_depth.inc();
+        rx.await
+            .map_err(|_| Error::Draining)?
+            .map_err(|e| Error::Detector(visionfleet_detector::Error::InvalidInput(e)))
+    }
+
+    /// Refuses new frames; queued ones still run.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+}
+
+fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: Arc<Metrics>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + policy.max_queue_delay;
+        while jobs.len() < policy.max_batch_size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let started = Instant::now();
+        metrics.queue_depth.sub(jobs.len() as i64);
+        let mut images = Vec::with_capacity(jobs.len());
+        let mut waiting = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            drop(job.permit); // the frame has left the queue
+            waiting.push((job.reply, started - job.enqueued));
+            images.push(job.image);
+        }
+        let views: Vec<RgbView<'_>> = images.iter().map(RgbView::from).collect();
+        let batch_size = views.len();
+        metrics.batch_size.observe(batch_size as f64);
+        match detector.detect_timed(&views) {
+            Ok((detections, timings)) => {
+                metrics.observe_stages(&timings);
+                for ((reply, queue_wait), detections) in waiting.into_iter().zip(detections) {
+                    metrics.queue_wait.observe(queue_wait.as_secs_f64());
+                    // The caller may have gone away (stream closed); nothing to do then.
+                    let _ = reply.send(Ok(BatchOutput {
+                        detections,
+                        queue_wait,
+                        timings,
+                        batch_size,
+                    }));
+                }
+            }
+            Err(e) => {
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}

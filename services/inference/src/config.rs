@@ -1,0 +1,209 @@
+//! The inference pod's configuration: flags with `VF_*` environment variables, validated
+//! once at start-up with errors that name the bad setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Inference pod configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "visionfleet-inference",
+    version,
+    about = "VisionFleet inference pod"
+)]
+pub struct Config {
+    /// gRPC listen address (ingest API and grpc.health.v1).
+    #[arg(long, env = "VF_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VF_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "VF_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// Topic that receives one detection event per frame.
+    #[arg(long, env = "VF_TOPIC", default_value = "visionfleet.detections.v1")]
+    pub topic: String,
+    /// Topic that receives frames that can never succeed (reason only, no pixels).
+    #[arg(
+        long,
+        env = "VF_DEAD_LETTER_TOPIC",
+        default_value = "visionfleet.detections.v1.dlq"
+    )]
+    pub dead_letter_topic: String,
+    /// Partitions of the topics when they have to be created.
+    #[arg(long, env = "VF_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of created topics (-1: the broker's default).
+    #[arg(long, env = "VF_TOPIC_REPLICATION", default_value_t = -1)]
+    pub topic_replication: i32,
+    /// Extra librdkafka producer settings, `key=value`, comma separated.
+    #[arg(long = "kafka-opt", env = "VF_KAFKA_OPTS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_opts: Vec<(String, String)>,
+    /// How long to wait for Kafka at start-up before giving up.
+    #[arg(long, env = "VF_KAFKA_STARTUP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_startup_timeout_ms: u64,
+    /// How long librdkafka keeps retrying one event before the frame fails (and the
+    /// stream is closed with UNAVAILABLE so the agent resends).
+    #[arg(long, env = "VF_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 300_000)]
+    pub kafka_delivery_timeout_ms: u64,
+    /// Model store folder.
+    #[arg(long, env = "VF_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Models to serve, comma separated; the first is the default for frames that name none.
+    #[arg(
+        long,
+        env = "VF_MODELS",
+        value_delimiter = ',',
+        default_value = "coco-yolov5s"
+    )]
+    pub models: Vec<String>,
+    /// Most frames run in one forward pass.
+    #[arg(long, env = "VF_MAX_BATCH_SIZE", default_value_t = 8)]
+    pub max_batch_size: usize,
+    /// How long the batcher waits for more frames once one is queued.
+    #[arg(long, env = "VF_MAX_QUEUE_DELAY_MS", default_value_t = 5)]
+    pub max_queue_delay_ms: u64,
+    /// Frames that may wait for the detector, per model.
+    #[arg(long, env = "VF_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+    /// Frames one stream may have in flight before the server stops reading it.
+    #[arg(long, env = "VF_STREAM_WINDOW", default_value_t = 16)]
+    pub stream_window: usize,
+    /// Largest accepted encoded image, in bytes (also the gRPC message limit).
+    #[arg(long, env = "VF_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Largest accepted decoded image, in pixels (checked from the header, before decoding).
+    #[arg(long, env = "VF_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// Minimum detection confidence.
+    #[arg(long, env = "VF_CONF_THRESHOLD", default_value_t = 0.25)]
+    pub conf_threshold: f32,
+    /// Seconds to finish in-flight frames after SIGTERM.
+    #[arg(long, env = "VF_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "VF_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+impl Config {
+    /// Checks every setting; the error names the flag.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("--{key}: {why}")));
+        if self.kafka_bootstrap.trim().is_empty() {
+            return bad("kafka-bootstrap", "must not be empty".into());
+        }
+        if self.topic.is_empty() || self.dead_letter_topic.is_empty() {
+            return bad("topic", "topic names must not be empty".into());
+        }
+        if self.topic == self.dead_letter_topic {
+            return bad("dead-letter-topic", "must differ from --topic".into());
+        }
+        if self.models.is_empty() || self.models.iter().any(|m| m.is_empty()) {
+            return bad("models", "name at least one model".into());
+        }
+        if self.max_batch_size == 0 {
+            return bad("max-batch-size", "must be at least 1".into());
+        }
+        if self.queue_capacity < self.max_batch_size {
+            return bad(
+                "queue-capacity",
+                format!(
+                    "must be at least --max-batch-size ({})",
+                    self.max_batch_size
+                ),
+            );
+        }
+        if self.stream_window == 0 {
+            return bad("stream-window", "must be at least 1".into());
+        }
+        if self.topic_partitions < 1 {
+            return bad("topic-partitions", "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.conf_threshold) {
+            return bad("conf-threshold", "must be within 0..=1".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max-frame-bytes", "must be at least 1024".into());
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return bad(
+                "log-format",
+                format!("expected text or json, got {:?}", self.log_format),
+            );
+        }
+        for (key, _) in &self.kafka_opts {
+            if matches!(key.as_str(), "enable.idempotence" | "acks") {
+                return bad(
+                    "kafka-opt",
+                    format!("{key} is fixed (idempotent producer, acks=all)"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The batcher's wait for more frames.
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_millis(self.max_queue_delay_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["visionfleet-inference"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().unwrap();
+        assert_eq!(c.topic, "visionfleet.detections.v1");
+        assert_eq!(c.models, vec!["coco-yolov5s"]);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = parse(&["--max-batch-size", "0"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --max-batch-size: must be at least 1"
+        );
+        let err = parse(&["--queue-capacity", "4"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --queue-capacity: must be at least --max-batch-size (8)"
+        );
+        let err = parse(&["--kafka-opt", "acks=1"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--kafka-opt: acks is fixed"));
+        let err = parse(&["--dead-letter-topic", "visionfleet.detections.v1"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("--dead-letter-topic: must differ"));
+    }
+
+    #[test]
+    fn malformed_flags_are_refused_by_the_parser() {
+        let err = Config::try_parse_from(["x", "--kafka-opt", "novalue"]).unwrap_err();
+        assert!(err.to_string().contains("expected key=value"), "{err}");
+        let err = Config::try_parse_from(["x", "--grpc-addr", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--grpc-addr"), "{err}");
+    }
+}

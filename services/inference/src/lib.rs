@@ -1,0 +1,173 @@
+//! The VisionFleet inference pod: a tonic server for the ingest API that decodes frames,
+//! batches them onto the candle detector on dedicated threads, publishes every frame's
+//! detection event to Kafka and acknowledges a frame only once Kafka has its event.
+//!
+//! [`run`] takes its listeners and a shutdown future, so tests start a real server on
+//! `127.0.0.1:0` and stop it.
+
+pub mod batcher;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod publisher;
+pub mod service;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use visionfleet_detector::{DetectorOptions, ModelStore};
+use visionfleet_proto::v1::ingest_server::IngestServer;
+
+pub use config::Config;
+pub use error::Error;
+
+use batcher::{BatchPolicy, Batcher};
+use decode::Limits;
+use metrics::Metrics;
+use pipeline::Pipeline;
+use publisher::Publisher;
+use service::IngestService;
+
+/// Runs the pod until `shutdown` completes, then drains: readiness and gRPC health flip to
+/// not serving, streams stop reading, in-flight frames finish (bounded by the grace period)
+/// and the producer is flushed.
+pub async fn run(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let models = load_models(&config, &metrics).await?;
+    let publisher = Publisher::connect(&config).await?;
+
+    let pipeline = Arc::new(Pipeline {
+        models,
+        default_model: config.models[0].clone(),
+        publisher,
+        metrics: metrics.clone(),
+        limits: Limits {
+            max_bytes: config.max_frame_bytes,
+            max_pixels: config.max_pixels,
+        },
+    });
+    let ready = Arc::new(AtomicBool::new(true));
+    let (drain_tx, drain_rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    let ingest = IngestServer::new(IngestService::new(
+        pipeline.clone(),
+        config.stream_window,
+        drain_rx,
+    ))
+    // Room for the frame's other fields; the image itself is checked against
+    // max_frame_bytes with a precise error.
+    .max_decoding_message_size(config.max_frame_bytes + 64 * 1024);
+
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let http_server = axum::serve(http, http::router(metrics.clone(), ready.clone()))
+        .with_graceful_shutdown(async {
+            let _ = http_stopped.await;
+        });
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+            let _ = grpc_stopped.await;
+        });
+    let mut grpc_task = tokio::spawn(grpc_server);
+    tracing::info!(models = ?config.models, topic = %config.topic, "serving");
+
+    tokio::select! {
+        _ = shutdown => {}
+        result = &mut grpc_task => {
+            let _ = stop_http.send(());
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Io(std::io::Error::other(e))),
+                Err(e) => Err(Error::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+
+    tracing::info!("draining");
+    ready.store(false, Ordering::Relaxed);
+    health
+        .set_not_serving::<IngestServer<IngestService>>()
+        .await;
+    let _ = drain_tx.send(true);
+    let _ = stop_grpc.send(());
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, &mut grpc_task).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "in-flight frames did not finish within the grace period"
+        );
+        grpc_task.abort();
+    }
+    for batcher in pipeline.models.values() {
+        batcher.close();
+    }
+    let flushing = pipeline.clone();
+    tokio::task::spawn_blocking(move || flushing.publisher.flush(Duration::from_secs(10)))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let _ = stop_http.send(());
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn load_models(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<HashMap<String, Batcher>, Error> {
+    let store = ModelStore::open(&config.models_dir)?;
+    let policy = BatchPolicy {
+        max_batch_size: config.max_batch_size,
+        max_queue_delay: config.max_queue_delay(),
+        queue_capacity: config.queue_capacity,
+    };
+    let options = DetectorOptions {
+        conf_threshold: config.conf_threshold,
+        ..DetectorOptions::default()
+    };
+    let mut models = HashMap::new();
+    for name in &config.models {
+        let (store, name_owned) = (store.clone(), name.clone());
+        let detector = tokio::task::spawn_blocking(move || {
+            store.load(
+                &name_owned,
+                &visionfleet_detector::default_device(),
+                options,
+            )
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let m = detector.manifest();
+        metrics
+            .model_info
+            .with_label_values(&[&m.name, &m.version, &m.family.to_string()])
+            .set(1);
+        tracing::info!(model = %m.name, family = %m.family, "model loaded");
+        models.insert(
+            name.clone(),
+            Batcher::start(detector, policy, metrics.clone()),
+        );
+    }
+    Ok(models)
+}

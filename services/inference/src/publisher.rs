@@ -1,0 +1,221 @@
+//! The Kafka publisher: an idempotent `acks=all` producer that puts one detection event per
+//! frame on the detections topic (key = device id, so each device's events stay in order)
+//! and rejected frames on the dead-letter topic. `publish` returns only once the broker has
+//! confirmed the write, which is what lets the pod acknowledge a frame.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use visionfleet_proto::event::{
+    DetectionEvent, Rejection, EVENT_TYPE, JSON_CONTENT_TYPE, REJECTION_TYPE,
+};
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// The producer and where it writes.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    dead_letter_topic: String,
+    source: String,
+}
+
+impl Publisher {
+    /// Connects, checks that the cluster answers, and creates the topics when missing.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let unavailable = |reason: String| Error::KafkaUnavailable {
+            bootstrap: config.kafka_bootstrap.clone(),
+            reason,
+        };
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "100000")
+            .set(
+                "message.timeout.ms",
+                config.kafka_delivery_timeout_ms.to_string(),
+            )
+            .set("client.id", "visionfleet-inference");
+        for (k, v) in &config.kafka_opts {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client
+            .create()
+            .map_err(|e| unavailable(format!("producer: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = client
+            .create()
+            .map_err(|e| unavailable(format!("admin client: {e}")))?;
+
+        // A metadata round trip proves the cluster answers; librdkafka would otherwise
+        // keep retrying silently and the pod would look healthy while publishing nothing.
+        let timeout = Duration::from_millis(config.kafka_startup_timeout_ms);
+        let probe = producer.clone();
+        let brokers = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(format!("no answer within {} ms ({e})", timeout.as_millis())))?;
+        tracing::info!(bootstrap = %config.kafka_bootstrap, brokers, "connected to Kafka");
+
+        let replication = TopicReplication::Fixed(config.topic_replication);
+        let topics = [
+            NewTopic::new(&config.topic, config.topic_partitions, replication),
+            NewTopic::new(
+                &config.dead_letter_topic,
+                config.topic_partitions,
+                TopicReplication::Fixed(config.topic_replication),
+            ),
+        ];
+        let opts = AdminOptions::new().operation_timeout(Some(timeout));
+        let results = admin
+            .create_topics(&topics, &opts)
+            .await
+            .map_err(|e| unavailable(format!("creating topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(topic) => tracing::info!(topic, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(unavailable(format!("creating topic {topic}: {code}")))
+                }
+            }
+        }
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            source: format!("/visionfleet/inference/{}", host_name()),
+        })
+    }
+
+    /// Publishes a frame's event; returns how long the broker took to confirm.
+    pub async fn publish(&self, event: &DetectionEvent) -> Result<Duration, Error> {
+        let payload = serde_json::to_vec(event).map_err(|e| Error::Publish(e.to_string()))?;
+        let time = event.inferred_at.to_rfc3339();
+        self.send(
+            &self.topic,
+            &event.device_id,
+            &event.event_id,
+            EVENT_TYPE,
+            &time,
+            &payload,
+        )
+        .await
+    }
+
+    /// Publishes a rejected frame's reason to the dead-letter topic.
+    pub async fn publish_rejection(&self, rejection: &Rejection) -> Result<Duration, Error> {
+        let payload = serde_json::to_vec(rejection).map_err(|e| Error::Publish(e.to_string()))?;
+        let time = rejection.received_at.to_rfc3339();
+        self.send(
+            &self.dead_letter_topic,
+            &rejection.device_id,
+            &rejection.event_id,
+            REJECTION_TYPE,
+            &time,
+            &payload,
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        id: &str,
+        ce_type: &str,
+        time: &str,
+        payload: &[u8],
+    ) -> Result<Duration, Error> {
+        let traceparent = new_traceparent();
+        let headers = OwnedHeaders::new()
+            .insert(header("content-type", JSON_CONTENT_TYPE))
+            .insert(header("ce_specversion", "1.0"))
+            .insert(header("ce_id", id))
+            .insert(header("ce_source", &self.source))
+            .insert(header("ce_type", ce_type))
+            .insert(header("ce_time", time))
+            .insert(header("traceparent", &traceparent));
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        let started = Instant::now();
+        // The queue wait is bounded by the delivery timeout librdkafka applies anyway.
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map_err(|(e, _)| Error::Publish(e.to_string()))?;
+        Ok(started.elapsed())
+    }
+
+    /// Waits (blocking) until every queued event is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|e| Error::Publish(format!("flush: {e}")))
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// A fresh W3C trace context (`00-<trace id>-<span id>-01`) so a frame's event can be
+/// followed through downstream consumers.
+fn new_traceparent() -> String {
+    let random = || {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.finish()
+    };
+    format!("00-{:016x}{:016x}-{:016x}-01", random(), random(), random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_has_the_w3c_shape_and_differs_each_time() {
+        let a = new_traceparent();
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert_ne!(a, new_traceparent());
+    }
+}

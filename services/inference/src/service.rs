@@ -1,0 +1,210 @@
+//! The tonic implementation of `visionfleet.v1.Ingest`: proto in, pipeline, proto out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use visionfleet_proto::event::DetectionEvent;
+use visionfleet_proto::v1::ingest_server::Ingest;
+use visionfleet_proto::v1::{
+    AckStatus, BoundingBox, DetectResponse, Detection, Frame, FrameAck, RejectReason,
+    StageLatencies,
+};
+
+use crate::error::Error;
+use crate::pipeline::{FrameMeta, Pipeline};
+
+/// The ingest service.
+pub struct IngestService {
+    pipeline: Arc<Pipeline>,
+    window: usize,
+    draining: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    /// Serves `pipeline`; each stream may have `window` frames in flight.
+    pub fn new(pipeline: Arc<Pipeline>, window: usize, draining: watch::Receiver<bool>) -> Self {
+        Self {
+            pipeline,
+            window,
+            draining,
+        }
+    }
+}
+
+/// Counts a frame as in flight for as long as it lives.
+struct InFlight(Arc<Pipeline>);
+
+impl InFlight {
+    fn new(p: &Arc<Pipeline>) -> Self {
+        p.metrics.frames_received.inc();
+        p.metrics.frames_in_flight.inc();
+        Self(p.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.frames_in_flight.dec();
+    }
+}
+
+/// Processes one streamed frame into its acknowledgement. Permanent failures become a
+/// REJECTED ack (after the dead-letter topic has the reason); anything retryable is an error
+/// that ends the stream, so the agent reconnects and resends what was not acknowledged.
+async fn stream_frame(pipeline: Arc<Pipeline>, frame: Frame) -> Result<FrameAck, Status> {
+    let _in_flight = InFlight::new(&pipeline);
+    let meta = Pipeline::meta(&frame);
+    match pipeline.process(frame, &meta, true).await {
+        Ok(event) => Ok(published_ack(&event)),
+        Err(e) if e.is_permanent() => {
+            let reason = pipeline.reject(&meta, &e).await?;
+            Ok(rejected_ack(&meta, reason, &e))
+        }
+        Err(e) => {
+            tracing::warn!(event_id = %meta.event_id(), error = %e, "frame failed, closing stream");
+            Err(e.into())
+        }
+    }
+}
+
+fn published_ack(event: &DetectionEvent) -> FrameAck {
+    FrameAck {
+        device_id: event.device_id.clone(),
+        sequence: event.sequence,
+        status: AckStatus::Published as i32,
+        event_id: event.event_id.clone(),
+        detection_count: event.detections.len() as u32,
+        ..Default::default()
+    }
+}
+
+fn rejected_ack(meta: &FrameMeta, reason: RejectReason, e: &Error) -> FrameAck {
+    FrameAck {
+        device_id: meta.device_id.clone(),
+        sequence: meta.sequence,
+        status: AckStatus::Rejected as i32,
+        event_id: meta.event_id(),
+        reject_reason: reason as i32,
+        error: e.to_string(),
+        detection_count: 0,
+    }
+}
+
+fn to_response(event: DetectionEvent) -> DetectResponse {
+    DetectResponse {
+        event_id: event.event_id,
+        model: event.model,
+        model_version: event.model_version,
+        image_width: event.image_width,
+        image_height: event.image_height,
+        detections: event
+            .detections
+            .into_iter()
+            .map(|d| Detection {
+                class_id: d.class_id,
+                label: d.label,
+                score: d.score,
+                r#box: Some(BoundingBox {
+                    x_min: d.bbox[0],
+                    y_min: d.bbox[1],
+                    x_max: d.bbox[2],
+                    y_max: d.bbox[3],
+                }),
+            })
+            .collect(),
+        latencies: Some(StageLatencies {
+            decode_seconds: event.latencies.decode_seconds,
+            queue_seconds: event.latencies.queue_seconds,
+            preprocess_seconds: event.latencies.preprocess_seconds,
+            forward_seconds: event.latencies.forward_seconds,
+            postprocess_seconds: event.latencies.postprocess_seconds,
+        }),
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<FrameAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamFramesStream = AckStream;
+
+    async fn stream_frames(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<AckStream>, Status> {
+        if *self.draining.borrow() {
+            return Err(Error::Draining.into());
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.window);
+        let pipeline = self.pipeline.clone();
+        let window = self.window;
+        let mut draining = self.draining.clone();
+        tokio::spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    // Only read while the window has room: HTTP/2 flow control then
+                    // pushes back on the sender.
+                    next = inbound.message(), if reading && in_flight.len() < window => match next {
+                        Ok(Some(frame)) => in_flight.push(stream_frame(pipeline.clone(), frame)),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::debug!(%status, "stream closed by peer");
+                            reading = false;
+                        }
+                    },
+                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                        let failed = result.is_err();
+                        if tx.send(result).await.is_err() || failed {
+                            return; // peer gone, or the stream ends with that error
+                        }
+                    }
+                    _ = draining.changed(), if reading => {
+                        if *draining.borrow() {
+                            reading = false;
+                        }
+                    }
+                    else => break,
+                }
+                if !reading && in_flight.is_empty() {
+                    break;
+                }
+            }
+            if *draining.borrow() {
+                let _ = tx.send(Err(Error::Draining.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn detect(&self, request: Request<Frame>) -> Result<Response<DetectResponse>, Status> {
+        if *self.draining.borrow() {
+            return Err(Error::Draining.into());
+        }
+        let frame = request.into_inner();
+        let _in_flight = InFlight::new(&self.pipeline);
+        let meta = Pipeline::meta(&frame);
+        match self.pipeline.process(frame, &meta, false).await {
+            Ok(event) => Ok(Response::new(to_response(event))),
+            Err(e) => {
+                if e.is_permanent() {
+                    self.pipeline.reject(&meta, &e).await?;
+                } else if let Error::QueueFull { .. } = e {
+                    self.pipeline
+                        .metrics
+                        .frames_failed
+                        .with_label_values(&["queue_full"])
+                        .inc();
+                }
+                Err(e.into())
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Test harness: a real Apache Kafka broker started by `scripts/kafka.sh` on free loopback
+//! ports in a temporary folder, and the real inference server on `127.0.0.1:0`.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub mod consumer;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use visionfleet_inference::{run, Config, Error};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The model store `make models` fills.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("VF_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models"))
+}
+
+/// A Kafka cluster for one test (or one test binary); stopped on drop. The start script
+/// also watches this process, so a test that dies leaves no broker behind.
+pub struct Kafka {
+    dir: tempfile::TempDir,
+    /// Bootstrap servers.
+    pub bootstrap: String,
+}
+
+impl Kafka {
+    /// Starts `nodes` KRaft nodes and waits until the cluster answers.
+    pub fn start(nodes: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vf-kafka-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(root().join("scripts/kafka.sh"))
+            .args(["start", "--dir"])
+            .arg(dir.path())
+            .args(["--nodes", &nodes.to_string()])
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .output()
+            .expect("running scripts/kafka.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kafka.sh start failed: {}\n{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("bootstrap="))
+            .expect("kafka.sh prints bootstrap=")
+            .trim()
+            .to_string();
+        Self { dir, bootstrap }
+    }
+
+    fn script(&self, args: &[&str]) {
+        let status = Command::new(root().join("scripts/kafka.sh"))
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kafka.sh {args:?} failed");
+    }
+
+    /// Stops node `k` (1-based).
+    pub fn stop_node(&self, k: usize) {
+        self.script(&["stop-node", "--node", &k.to_string()]);
+    }
+
+    /// Starts node `k` again on its old ports and data.
+    pub fn start_node(&self, k: usize) {
+        self.script(&["start-node", "--node", &k.to_string()]);
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka.sh"))
+            .arg("stop")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A running inference server.
+pub struct TestServer {
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP (metrics, probes) address.
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+/// The server's configuration for a test: given flags on top of test defaults.
+pub fn config(bootstrap: &str, topic: &str, extra: &[&str]) -> Config {
+    let dlq = format!("{topic}.dlq");
+    let models = models_dir();
+    let mut args = vec![
+        "visionfleet-inference",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--topic-partitions",
+        "3",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--shutdown-grace-seconds",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    Config::try_parse_from(args).unwrap()
+}
+
+impl TestServer {
+    /// Starts the server and waits until /readyz answers 200.
+    pub async fn start(config: Config) -> Self {
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, grpc_listener, http_listener, async {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if task.is_finished() {
+                let result = task.await.unwrap();
+                panic!("server exited during start-up: {result:?}");
+            }
+            if let Ok((200, _)) = http_get(http, "/readyz").await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "server not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            grpc,
+            http,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Stops the server (drain, flush) and returns its result.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Polls until `f` returns Some or the deadline passes.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
