@@ -2,15 +2,31 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models fmt-check clippy unit build
+.PHONY: demo test up down models deps build fmt-check clippy
+
+## demo: broker + inference server + edge agent + consumer, end to end, then stop
+demo: build models deps
+	scripts/demo.sh
 
 ## test: formatting, lints and every test (what CI runs)
-test: fmt-check clippy models
+test: fmt-check clippy build models deps
 	$(CARGO) test --workspace --all-targets
+
+## up / down: the local stack (broker and one inference server) in the background
+up: build models deps
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
 
 ## models: fetch the pretrained detectors and sample photos into models/ (idempotent)
 models: build
 	scripts/fetch-models.sh
+
+## deps: Kafka jars (Maven Central) and the Python test clients (PyPI), idempotent
+deps:
+	scripts/kafka.sh install
+	scripts/pyenv.sh
 
 build:
 	$(CARGO) build --workspace

@@ -104,6 +104,17 @@ impl Pipeline {
         meta: &FrameMeta,
         wait_for_room: bool,
     ) -> Result<DetectionEvent, Error> {
+        let event = self.detect(frame, meta, wait_for_room).await?;
+        self.publish(event)?.await
+    }
+
+    /// Validates, decodes and runs a frame through the detector: everything but publishing.
+    pub async fn detect(
+        &self,
+        frame: Frame,
+        meta: &FrameMeta,
+        wait_for_room: bool,
+    ) -> Result<DetectionEvent, Error> {
         if meta.device_id.is_empty() {
             return Err(Error::InvalidFrame("device_id is empty".into()));
         }
@@ -171,19 +182,34 @@ impl Pipeline {
             },
             attributes: meta.attributes.clone(),
         };
-        let delivery = self.publisher.publish(&event).await.inspect_err(|_| {
-            self.metrics
-                .frames_failed
-                .with_label_values(&["kafka"])
-                .inc();
-        })?;
-        self.metrics.kafka_delivery.observe(delivery.as_secs_f64());
-        self.metrics.frames_published.inc();
-        if let Some(captured) = event.captured_at {
-            let age = (Utc::now() - captured).to_std().unwrap_or(Duration::ZERO);
-            self.metrics.capture_to_published.observe(age.as_secs_f64());
-        }
         Ok(event)
+    }
+
+    /// Hands the event to Kafka now (keeping the order of calls on the partition) and
+    /// returns a future that resolves to the event once the broker has confirmed it.
+    pub fn publish(
+        &self,
+        event: DetectionEvent,
+    ) -> Result<
+        impl std::future::Future<Output = Result<DetectionEvent, Error>> + Send + 'static,
+        Error,
+    > {
+        let metrics = self.metrics.clone();
+        let delivered = self.publisher.enqueue(&event).inspect_err(|_| {
+            metrics.frames_failed.with_label_values(&["kafka"]).inc();
+        })?;
+        Ok(async move {
+            let delivery = delivered.await.inspect_err(|_| {
+                metrics.frames_failed.with_label_values(&["kafka"]).inc();
+            })?;
+            metrics.kafka_delivery.observe(delivery.as_secs_f64());
+            metrics.frames_published.inc();
+            if let Some(captured) = event.captured_at {
+                let age = (Utc::now() - captured).to_std().unwrap_or(Duration::ZERO);
+                metrics.capture_to_published.observe(age.as_secs_f64());
+            }
+            Ok(event)
+        })
     }
 
     /// Records a permanent failure: counted, and its reason published to the dead-letter

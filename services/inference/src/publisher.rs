@@ -104,11 +104,17 @@ impl Publisher {
         })
     }
 
-    /// Publishes a frame's event; returns how long the broker took to confirm.
-    pub async fn publish(&self, event: &DetectionEvent) -> Result<Duration, Error> {
+    /// Hands a frame's event to the producer now and returns a future that resolves when
+    /// the broker has confirmed it (with how long that took). Enqueueing is synchronous, so
+    /// events enqueued in sequence order stay in that order on their partition.
+    pub fn enqueue(
+        &self,
+        event: &DetectionEvent,
+    ) -> Result<impl std::future::Future<Output = Result<Duration, Error>> + Send + 'static, Error>
+    {
         let payload = serde_json::to_vec(event).map_err(|e| Error::Publish(e.to_string()))?;
         let time = event.inferred_at.to_rfc3339();
-        self.send(
+        self.enqueue_record(
             &self.topic,
             &event.device_id,
             &event.event_id,
@@ -116,25 +122,29 @@ impl Publisher {
             &time,
             &payload,
         )
-        .await
+    }
+
+    /// Publishes a frame's event and waits for the broker's confirmation.
+    pub async fn publish(&self, event: &DetectionEvent) -> Result<Duration, Error> {
+        self.enqueue(event)?.await
     }
 
     /// Publishes a rejected frame's reason to the dead-letter topic.
     pub async fn publish_rejection(&self, rejection: &Rejection) -> Result<Duration, Error> {
         let payload = serde_json::to_vec(rejection).map_err(|e| Error::Publish(e.to_string()))?;
         let time = rejection.received_at.to_rfc3339();
-        self.send(
+        self.enqueue_record(
             &self.dead_letter_topic,
             &rejection.device_id,
             &rejection.event_id,
             REJECTION_TYPE,
             &time,
             &payload,
-        )
+        )?
         .await
     }
 
-    async fn send(
+    fn enqueue_record(
         &self,
         topic: &str,
         key: &str,
@@ -142,7 +152,8 @@ impl Publisher {
         ce_type: &str,
         time: &str,
         payload: &[u8],
-    ) -> Result<Duration, Error> {
+    ) -> Result<impl std::future::Future<Output = Result<Duration, Error>> + Send + 'static, Error>
+    {
         let traceparent = new_traceparent();
         let headers = OwnedHeaders::new()
             .insert(header("content-type", JSON_CONTENT_TYPE))
@@ -157,12 +168,19 @@ impl Publisher {
             .payload(payload)
             .headers(headers);
         let started = Instant::now();
-        // The queue wait is bounded by the delivery timeout librdkafka applies anyway.
-        self.producer
-            .send(record, Timeout::Never)
-            .await
-            .map_err(|(e, _)| Error::Publish(e.to_string()))?;
-        Ok(started.elapsed())
+        // The in-flight windows bound what is queued far below librdkafka's own queue, so a
+        // full local queue here means something is badly wrong: fail the frame (retryable).
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| Error::Publish(format!("enqueue: {e}")))?;
+        Ok(async move {
+            delivery
+                .await
+                .map_err(|_| Error::Publish("producer dropped the delivery report".into()))?
+                .map_err(|(e, _)| Error::Publish(e.to_string()))?;
+            Ok(started.elapsed())
+        })
     }
 
     /// Waits (blocking) until every queued event is delivered or `timeout` passes.

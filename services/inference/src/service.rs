@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::stream::FuturesUnordered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,17 +53,45 @@ impl Drop for InFlight {
     }
 }
 
-/// Processes one streamed frame into its acknowledgement. Permanent failures become a
-/// REJECTED ack (after the dead-letter topic has the reason); anything retryable is an error
-/// that ends the stream, so the agent reconnects and resends what was not acknowledged.
-async fn stream_frame(pipeline: Arc<Pipeline>, frame: Frame) -> Result<FrameAck, Status> {
-    let _in_flight = InFlight::new(&pipeline);
+/// A streamed frame after detection: its in-flight guard, identity and outcome.
+type Detected = (InFlight, FrameMeta, Result<DetectionEvent, Error>);
+
+/// A frame's way to its acknowledgement once it is handed to Kafka.
+type Delivering = Pin<Box<dyn std::future::Future<Output = Result<FrameAck, Status>> + Send>>;
+
+/// Detects one streamed frame (frames of a stream detect concurrently, in batches).
+async fn detect_frame(pipeline: Arc<Pipeline>, frame: Frame) -> Detected {
+    let guard = InFlight::new(&pipeline);
     let meta = Pipeline::meta(&frame);
-    match pipeline.process(frame, &meta, true).await {
-        Ok(event) => Ok(published_ack(&event)),
+    let result = pipeline.detect(frame, &meta, true).await;
+    (guard, meta, result)
+}
+
+/// Turns a detected frame, taken in arrival order, into its delivery. Events are handed to
+/// the producer here, in the order the device sent them, so each device's events keep their
+/// order on the partition. Permanent failures become a REJECTED ack once the dead-letter
+/// topic has the reason; anything retryable is an error that ends the stream, so the agent
+/// reconnects and resends what was not acknowledged.
+fn deliver(
+    pipeline: &Arc<Pipeline>,
+    (guard, meta, result): Detected,
+) -> Result<Delivering, Status> {
+    match result {
+        Ok(event) => {
+            let delivered = pipeline.publish(event)?;
+            Ok(Box::pin(async move {
+                let _guard = guard;
+                let event = delivered.await?;
+                Ok(published_ack(&event))
+            }))
+        }
         Err(e) if e.is_permanent() => {
-            let reason = pipeline.reject(&meta, &e).await?;
-            Ok(rejected_ack(&meta, reason, &e))
+            let pipeline = pipeline.clone();
+            Ok(Box::pin(async move {
+                let _guard = guard;
+                let reason = pipeline.reject(&meta, &e).await?;
+                Ok(rejected_ack(&meta, reason, &e))
+            }))
         }
         Err(e) => {
             tracing::warn!(event_id = %meta.event_id(), error = %e, "frame failed, closing stream");
@@ -146,21 +174,32 @@ impl Ingest for IngestService {
         let window = self.window;
         let mut draining = self.draining.clone();
         tokio::spawn(async move {
-            let mut in_flight = FuturesUnordered::new();
+            let mut detecting = FuturesOrdered::new();
+            let mut delivering: FuturesUnordered<Delivering> = FuturesUnordered::new();
             let mut reading = true;
             loop {
+                let in_flight = detecting.len() + delivering.len();
                 tokio::select! {
                     // Only read while the window has room: HTTP/2 flow control then
                     // pushes back on the sender.
-                    next = inbound.message(), if reading && in_flight.len() < window => match next {
-                        Ok(Some(frame)) => in_flight.push(stream_frame(pipeline.clone(), frame)),
+                    next = inbound.message(), if reading && in_flight < window => match next {
+                        Ok(Some(frame)) => detecting.push_back(detect_frame(pipeline.clone(), frame)),
                         Ok(None) => reading = false,
                         Err(status) => {
                             tracing::debug!(%status, "stream closed by peer");
                             reading = false;
                         }
                     },
-                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                    Some(detected) = detecting.next(), if !detecting.is_empty() => {
+                        match deliver(&pipeline, detected) {
+                            Ok(d) => delivering.push(d),
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Some(result) = delivering.next(), if !delivering.is_empty() => {
                         let failed = result.is_err();
                         if tx.send(result).await.is_err() || failed {
                             return; // peer gone, or the stream ends with that error
@@ -173,7 +212,7 @@ impl Ingest for IngestService {
                     }
                     else => break,
                 }
-                if !reading && in_flight.is_empty() {
+                if !reading && detecting.is_empty() && delivering.is_empty() {
                     break;
                 }
             }
