@@ -10,11 +10,12 @@
 # Usage (from any working directory):
 #   scripts/kafka.sh install
 #       Fetch the jars unless .state/kafka/libs is already up to date with the pom.
-#   scripts/kafka.sh start --dir DIR [--nodes 1|3] [--timeout SECONDS]
+#   scripts/kafka.sh start --dir DIR [--nodes 1|3] [--timeout SECONDS] [--watch-pid PID]
 #       Create (first time) and start a cluster whose state lives in DIR (a fresh
 #       `mktemp -d` is fine). Prints one line, `bootstrap=127.0.0.1:PORT[,...]`, and
 #       writes the same bootstrap string to DIR/bootstrap. Calling it again on the same
-#       DIR restarts whatever is not running and keeps data and ports.
+#       DIR restarts whatever is not running and keeps data and ports. With --watch-pid,
+#       the cluster is killed when process PID exits (tests use their own PID).
 #   scripts/kafka.sh stop --dir DIR [--kill] [--timeout SECONDS]
 #       Stop all nodes (SIGTERM, then SIGKILL after the timeout; --kill: SIGKILL at once).
 #       No error if nothing runs.
@@ -166,9 +167,15 @@ print(" ".join(map(str, chosen)))
 EOF
 }
 
-# Kafka cluster ids are 16 random bytes in unpadded URL-safe base64 (22 characters).
+# Kafka cluster ids are 16 random bytes in unpadded URL-safe base64 (22 characters). Like
+# Kafka's own generator, never start with '-': the storage tool would read it as a flag.
 new_cluster_id() {
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [[ "$id" != -* ]] && break
+  done
+  echo "$id"
 }
 
 # Write DIR/cluster.env and every node's server.properties (first start only).
@@ -379,7 +386,7 @@ wait_ready() {
 
 # ------------------------------------------------------------------------- commands
 
-DIR="" NODES_ARG=1 NODE="" TIMEOUT="" KILL_NOW=0
+DIR="" NODES_ARG=1 NODE="" TIMEOUT="" KILL_NOW=0 WATCH_PID=""
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -388,6 +395,7 @@ parse_args() {
       --node) NODE=$2; shift 2 ;;
       --timeout) TIMEOUT=$2; shift 2 ;;
       --kill) KILL_NOW=1; shift ;;
+      --watch-pid) WATCH_PID=$2; shift 2 ;;
       *) die "unknown argument: $1" ;;
     esac
   done
@@ -427,7 +435,18 @@ cmd_start() {
   bootstrap=$(bootstrap_of)
   wait_ready "$DIR" "$bootstrap" "${TIMEOUT:-90}"
   echo "$bootstrap" >"$DIR/bootstrap"
+  if [[ -n "$WATCH_PID" ]]; then
+    start_watchdog "$DIR" "$WATCH_PID"
+  fi
   echo "bootstrap=$bootstrap"
+}
+
+# A detached watchdog that kills the cluster once process PID is gone, so a test run that
+# dies (or a test binary whose statics are never dropped) leaves no broker behind. All its
+# file descriptors are closed, so the caller's pipes see end-of-file.
+start_watchdog() { # dir pid
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop --dir "$3" --kill' \
+    _ "$2" "$ROOT/scripts/kafka.sh" "$1" </dev/null >/dev/null 2>&1 &
 }
 
 cmd_start_node() {
