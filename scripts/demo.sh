@@ -9,7 +9,7 @@ source scripts/lib.sh
 STATE=.state/demo
 TOPIC=${VF_TOPIC:-visionfleet.detections.v1}
 REPEAT=${DEMO_REPEAT:-3}
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 rm -rf "$STATE" && mkdir -p "$STATE"
 
 SERVER_PID=

@@ -68,9 +68,9 @@ PY
 fi
 cp -f "$SRC"/samples/*.jpg "$MODELS/samples/"
 
-VFCTL=${VFCTL:-target/debug/vfctl}
+VFCTL=${VFCTL:-${CARGO_TARGET_DIR:-target}/debug/vfctl}
 if [[ ! -x "$VFCTL" ]]; then
-  cargo build --quiet -p vfctl
+  cargo build --quiet --workspace
 fi
 
 if [[ ! -f "$MODELS/coco-yolov5s.json" || ! -f "$MODELS/coco-yolov5s.safetensors" ]]; then

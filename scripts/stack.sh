@@ -8,7 +8,7 @@ source scripts/lib.sh
 
 STATE=.state/stack
 TOPIC=${VF_TOPIC:-visionfleet.detections.v1}
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 running() { [[ -f "$STATE/inference.pid" ]] && kill -0 "$(cat "$STATE/inference.pid")" 2>/dev/null; }
 
