@@ -45,3 +45,42 @@ impl Network {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Scale;
+
+    fn parameters(build: impl FnOnce(&Weights)) -> usize {
+        let w = Weights::recording("test");
+        build(&w);
+        w.recorded()
+            .iter()
+            .map(|s| s.dims.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Parameter counts of every scale with 80 classes equal the reference
+    /// implementations' fused model summaries, which pins down every channel and depth
+    /// multiple (YOLOv8's summary also counts the 16 fixed DFL weights we do not load).
+    #[test]
+    fn every_scale_has_the_reference_parameter_count() {
+        let anchors = crate::manifest::yolov5_default_anchors();
+        for (scale, v5, v8) in [
+            (Scale::N, 1_867_405, 3_151_904),
+            (Scale::S, 7_225_885, 11_156_544),
+            (Scale::M, 21_172_173, 25_886_080),
+            (Scale::L, 46_533_693, 43_668_288),
+            (Scale::X, 86_705_005, 68_200_608),
+        ] {
+            let got = parameters(|w| {
+                yolov5::YoloV5::load(w, scale, 80, anchors.clone()).unwrap();
+            });
+            assert_eq!(got, v5, "yolov5{scale:?}");
+            let got = parameters(|w| {
+                yolov8::YoloV8::load(w, scale, 80).unwrap();
+            });
+            assert_eq!(got + 16, v8, "yolov8{scale:?}");
+        }
+    }
+}

@@ -131,9 +131,14 @@ pub fn config(bootstrap: &str, topic: &str, extra: &[&str]) -> Config {
 }
 
 impl TestServer {
-    /// Starts the server and waits until /readyz answers 200.
+    /// Starts the server on a free port and waits until /readyz answers 200.
     pub async fn start(config: Config) -> Self {
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the server with its gRPC listener on `grpc` (to come back on an old address).
+    pub async fn start_on(config: Config, grpc: SocketAddr) -> Self {
+        let grpc_listener = TcpListener::bind(grpc).await.unwrap();
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
