@@ -12,9 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("visionfleet_descriptor.bin"))
         .compile_protos(
-            &[PathBuf::from("visionfleet/v1/ingest.proto")],
+            &[
+                PathBuf::from("visionfleet/v1/ingest.proto"),
+                PathBuf::from("inference/grpc_predict_v2.proto"),
+            ],
             &[PathBuf::from("."), include],
         )?;
     println!("cargo:rerun-if-changed=visionfleet");
+    println!("cargo:rerun-if-changed=inference");
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The `visionfleet.v1` contracts: the ingest gRPC service, frames, acknowledgements and the
-//! detection event, generated from `proto/visionfleet/v1/ingest.proto`.
+//! The `visionfleet.v1` contracts (the ingest gRPC service, frames, acknowledgements and the
+//! detection event, from `proto/visionfleet/v1/ingest.proto`) and the KServe v2 inference
+//! API (`proto/inference/grpc_predict_v2.proto`).
 
 pub mod event;
 
@@ -7,6 +8,16 @@ pub mod event;
 pub mod v1 {
     #![allow(clippy::doc_lazy_continuation, missing_docs)]
     tonic::include_proto!("visionfleet.v1");
+}
+
+/// The Open Inference Protocol (KServe v2) gRPC API, package `inference`.
+pub mod kserve {
+    #![allow(
+        clippy::doc_lazy_continuation,
+        clippy::large_enum_variant,
+        missing_docs
+    )]
+    tonic::include_proto!("inference");
 }
 
 /// Encoded `FileDescriptorSet` of the contracts, for gRPC server reflection.

@@ -70,6 +70,16 @@ impl<'a> From<&'a image::RgbImage> for RgbView<'a> {
     }
 }
 
+/// One network input: an image to letterbox, or a tensor already letterboxed and
+/// normalised (planar RGB in 0..=1, `3 x size x size`), whose boxes stay in input pixels.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageInput<'a> {
+    /// An RGB8 image of any size.
+    Rgb(RgbView<'a>),
+    /// A ready `[3, size, size]` tensor in row-major order.
+    Planar(&'a [f32]),
+}
+
 /// Time spent in each stage of one batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
@@ -162,11 +172,20 @@ impl Detector {
         &self,
         images: &[RgbView<'_>],
     ) -> Result<(Vec<Vec<Detection>>, StageTimings)> {
-        if images.is_empty() {
+        let inputs: Vec<ImageInput<'_>> = images.iter().copied().map(ImageInput::Rgb).collect();
+        self.detect_inputs_timed(&inputs)
+    }
+
+    /// Like [`Detector::detect_timed`] for a mix of images and ready tensors.
+    pub fn detect_inputs_timed(
+        &self,
+        inputs: &[ImageInput<'_>],
+    ) -> Result<(Vec<Vec<Detection>>, StageTimings)> {
+        if inputs.is_empty() {
             return Ok((Vec::new(), StageTimings::default()));
         }
         let t0 = Instant::now();
-        let (input, boxes) = self.preprocess(images)?;
+        let (input, boxes) = self.preprocess_inputs(inputs)?;
         let t1 = Instant::now();
         let output = self.forward(&input)?;
         let t2 = Instant::now();
@@ -181,11 +200,31 @@ impl Detector {
 
     /// Letterboxes a batch into one `[batch, 3, size, size]` tensor.
     pub fn preprocess(&self, images: &[RgbView<'_>]) -> Result<(Tensor, Vec<Letterbox>)> {
+        let inputs: Vec<ImageInput<'_>> = images.iter().copied().map(ImageInput::Rgb).collect();
+        self.preprocess_inputs(&inputs)
+    }
+
+    /// Builds one `[batch, 3, size, size]` tensor from images and ready tensors.
+    pub fn preprocess_inputs(&self, inputs: &[ImageInput<'_>]) -> Result<(Tensor, Vec<Letterbox>)> {
         let size = self.manifest.input_size;
         let plane = 3 * size * size;
-        let mut buf = vec![0f32; plane * images.len()];
-        let mut boxes = Vec::with_capacity(images.len());
-        for (img, out) in images.iter().zip(buf.chunks_exact_mut(plane)) {
+        let mut buf = vec![0f32; plane * inputs.len()];
+        let mut boxes = Vec::with_capacity(inputs.len());
+        for (input, out) in inputs.iter().zip(buf.chunks_exact_mut(plane)) {
+            let img = match input {
+                ImageInput::Rgb(img) => img,
+                ImageInput::Planar(values) => {
+                    if values.len() != plane {
+                        return Err(Error::InvalidInput(format!(
+                            "tensor has {} values, 3x{size}x{size} needs {plane}",
+                            values.len()
+                        )));
+                    }
+                    out.copy_from_slice(values);
+                    boxes.push(Letterbox::new(size as u32, size as u32, size as u32));
+                    continue;
+                }
+            };
             let expected = img.width as usize * img.height as usize * 3;
             if img.width == 0 || img.height == 0 {
                 return Err(Error::InvalidInput(format!(
@@ -209,7 +248,7 @@ impl Detector {
                 out,
             ));
         }
-        let input = Tensor::from_vec(buf, (images.len(), 3, size, size), &self.device)?;
+        let input = Tensor::from_vec(buf, (inputs.len(), 3, size, size), &self.device)?;
         Ok((input, boxes))
     }
 

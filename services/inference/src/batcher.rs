@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use visionfleet_detector::detector::{RgbView, StageTimings};
+use visionfleet_detector::detector::{ImageInput, RgbView, StageTimings};
 use visionfleet_detector::{Detection, Detector, Manifest};
 
 use crate::error::Error;
@@ -28,8 +28,17 @@ pub struct BatchOutput {
     pub batch_size: usize,
 }
 
+/// What a frame brings to the detector.
+#[derive(Debug, Clone)]
+pub enum FrameInput {
+    /// A decoded image, letterboxed by the detector.
+    Image(RgbImage),
+    /// A ready `[3, size, size]` tensor in 0..=1 (KServe FP32 input).
+    Planar(Vec<f32>),
+}
+
 struct Job {
-    image: RgbImage,
+    input: FrameInput,
     enqueued: Instant,
     permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<BatchOutput, String>>,
@@ -82,6 +91,16 @@ impl Batcher {
     /// while the queue is full (streams: backpressure); without it a full queue is
     /// `QueueFull` at once (unary calls: shed load).
     pub async fn run(&self, image: RgbImage, wait_for_room: bool) -> Result<BatchOutput, Error> {
+        self.run_input(FrameInput::Image(image), wait_for_room)
+            .await
+    }
+
+    /// Like [`Batcher::run`] for any [`FrameInput`].
+    pub async fn run_input(
+        &self,
+        input: FrameInput,
+        wait_for_room: bool,
+    ) -> Result<BatchOutput, Error> {
         let permit = if wait_for_room {
             self.slots
                 .clone()
@@ -101,7 +120,7 @@ impl Batcher {
         };
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            image,
+            input,
             enqueued: Instant::now(),
             permit,
             reply,
@@ -133,17 +152,23 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
         }
         let started = Instant::now();
         metrics.queue_depth.sub(jobs.len() as i64);
-        let mut images = Vec::with_capacity(jobs.len());
+        let mut inputs = Vec::with_capacity(jobs.len());
         let mut waiting = Vec::with_capacity(jobs.len());
         for job in jobs {
             drop(job.permit); // the frame has left the queue
             waiting.push((job.reply, started - job.enqueued));
-            images.push(job.image);
+            inputs.push(job.input);
         }
-        let views: Vec<RgbView<'_>> = images.iter().map(RgbView::from).collect();
+        let views: Vec<ImageInput<'_>> = inputs
+            .iter()
+            .map(|i| match i {
+                FrameInput::Image(img) => ImageInput::Rgb(RgbView::from(img)),
+                FrameInput::Planar(values) => ImageInput::Planar(values),
+            })
+            .collect();
         let batch_size = views.len();
         metrics.batch_size.observe(batch_size as f64);
-        match detector.detect_timed(&views) {
+        match detector.detect_inputs_timed(&views) {
             Ok((detections, timings)) => {
                 metrics.observe_stages(&timings);
                 for ((reply, queue_wait), detections) in waiting.into_iter().zip(detections) {

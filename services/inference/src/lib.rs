@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod http;
+pub mod kserve;
 pub mod metrics;
 pub mod pipeline;
 pub mod publisher;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use visionfleet_detector::{DetectorOptions, ModelStore};
+use visionfleet_proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 use visionfleet_proto::v1::ingest_server::IngestServer;
 
 pub use config::Config;
@@ -32,6 +34,7 @@ pub use error::Error;
 
 use batcher::{BatchPolicy, Batcher};
 use decode::Limits;
+use kserve::KserveService;
 use metrics::Metrics;
 use pipeline::Pipeline;
 use publisher::Publisher;
@@ -64,8 +67,21 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     let (drain_tx, drain_rx) = watch::channel(false);
 
+    // Models are loaded and warmed up by now, so the pod reports SERVING from its first
+    // answer; it flips to NOT_SERVING when draining.
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<KserveService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(visionfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let kserve =
+        GrpcInferenceServiceServer::new(KserveService::new(pipeline.clone(), ready.clone()))
+            .max_decoding_message_size(config.max_frame_bytes.saturating_mul(4));
     let ingest = IngestServer::new(IngestService::new(
         pipeline.clone(),
         config.stream_window,
@@ -85,7 +101,9 @@ pub async fn run(
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(ingest)
+        .add_service(kserve)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
             let _ = grpc_stopped.await;
         });
@@ -108,6 +126,9 @@ pub async fn run(
     ready.store(false, Ordering::Relaxed);
     health
         .set_not_serving::<IngestServer<IngestService>>()
+        .await;
+    health
+        .set_not_serving::<GrpcInferenceServiceServer<KserveService>>()
         .await;
     let _ = drain_tx.send(true);
     let _ = stop_grpc.send(());
@@ -155,6 +176,13 @@ async fn load_models(
                 &visionfleet_detector::default_device(),
                 options,
             )
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        // Warm-up: the first forward pass allocates and tunes; do it before reporting ready.
+        let detector = tokio::task::spawn_blocking(move || {
+            let blank = image::RgbImage::new(64, 64);
+            detector.detect(&[(&blank).into()]).map(|_| detector)
         })
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
