@@ -40,8 +40,18 @@ pub enum FrameInput {
 struct Job {
     input: FrameInput,
     enqueued: Instant,
+    deadline: Option<Instant>,
     permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Result<BatchOutput, String>>,
+    reply: oneshot::Sender<Result<BatchOutput, JobError>>,
+}
+
+/// Why a queued frame produced no detections.
+#[derive(Debug)]
+enum JobError {
+    /// Its deadline passed while it waited; it was not run.
+    Expired,
+    /// The detector failed on the batch.
+    Failed(String),
 }
 
 /// Batching policy.
@@ -91,16 +101,21 @@ impl Batcher {
     /// while the queue is full (streams: backpressure); without it a full queue is
     /// `QueueFull` at once (unary calls: shed load).
     pub async fn run(&self, image: RgbImage, wait_for_room: bool) -> Result<BatchOutput, Error> {
-        self.run_input(FrameInput::Image(image), wait_for_room)
+        self.run_input(FrameInput::Image(image), wait_for_room, None)
             .await
     }
 
-    /// Like [`Batcher::run`] for any [`FrameInput`].
+    /// Like [`Batcher::run`] for any [`FrameInput`]. A frame whose `deadline` has passed
+    /// when the worker reaches it is not run (`DeadlineExceeded`).
     pub async fn run_input(
         &self,
         input: FrameInput,
         wait_for_room: bool,
+        deadline: Option<Instant>,
     ) -> Result<BatchOutput, Error> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::DeadlineExceeded);
+        }
         let permit = if wait_for_room {
             self.slots
                 .clone()
@@ -122,15 +137,17 @@ impl Batcher {
         let job = Job {
             input,
             enqueued: Instant::now(),
+            deadline,
             permit,
             reply,
         };
         // Never blocks: a permit guarantees a free slot in the channel.
         self.tx.send(job).map_err(|_| Error::Draining)?;
         self.metrics.queue_depth.inc();
-        rx.await
-            .map_err(|_| Error::Draining)?
-            .map_err(|e| Error::Detector(visionfleet_detector::Error::InvalidInput(e)))
+        rx.await.map_err(|_| Error::Draining)?.map_err(|e| match e {
+            JobError::Expired => Error::DeadlineExceeded,
+            JobError::Failed(e) => Error::Detector(visionfleet_detector::Error::InvalidInput(e)),
+        })
     }
 
     /// Refuses new frames; queued ones still run.
@@ -156,8 +173,16 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
         let mut waiting = Vec::with_capacity(jobs.len());
         for job in jobs {
             drop(job.permit); // the frame has left the queue
+            if job.deadline.is_some_and(|d| started >= d) {
+                metrics.frames_failed.with_label_values(&["deadline"]).inc();
+                let _ = job.reply.send(Err(JobError::Expired));
+                continue;
+            }
             waiting.push((job.reply, started - job.enqueued));
             inputs.push(job.input);
+        }
+        if inputs.is_empty() {
+            continue;
         }
         let views: Vec<ImageInput<'_>> = inputs
             .iter()
@@ -184,7 +209,7 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
             }
             Err(e) => {
                 for (reply, _) in waiting {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(JobError::Failed(e.to_string())));
                 }
             }
         }

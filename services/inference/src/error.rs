@@ -28,6 +28,9 @@ pub enum Error {
         /// Suggested back-off.
         retry_after_ms: u64,
     },
+    /// The client's deadline passed before the frame ran; it was not run.
+    #[error("deadline exceeded: the frame was not run")]
+    DeadlineExceeded,
     /// The pod is shutting down.
     #[error("shutting down")]
     Draining,
@@ -82,6 +85,7 @@ impl From<Error> for Status {
                 }
                 status
             }
+            Error::DeadlineExceeded => Status::deadline_exceeded(message),
             Error::Draining | Error::Publish(_) | Error::KafkaUnavailable { .. } => {
                 Status::unavailable(message)
             }

@@ -316,6 +316,7 @@ impl GrpcInferenceService for KserveService {
         if !self.ready.load(Ordering::Relaxed) {
             return Err(Status::unavailable("shutting down"));
         }
+        let deadline = crate::service::request_deadline(request.metadata());
         let req = request.into_inner();
         let batcher = self.model(&req.model_name, &req.model_version)?;
         let size = batcher.manifest().input_size;
@@ -329,7 +330,7 @@ impl GrpcInferenceService for KserveService {
         let results = futures::future::join_all(
             inputs
                 .into_iter()
-                .map(|input| batcher.run_input(input, false)),
+                .map(|input| batcher.run_input(input, false, deadline)),
         )
         .await
         .into_iter()

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use visionfleet_proto::event::{event_id, DetectionEvent, EventDetection, Latencies, Rejection};
 use visionfleet_proto::v1::{Frame, RejectReason};
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, FrameInput};
 use crate::decode::{decode, Limits};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -103,8 +103,9 @@ impl Pipeline {
         frame: Frame,
         meta: &FrameMeta,
         wait_for_room: bool,
+        deadline: Option<Instant>,
     ) -> Result<DetectionEvent, Error> {
-        let event = self.detect(frame, meta, wait_for_room).await?;
+        let event = self.detect(frame, meta, wait_for_room, deadline).await?;
         self.publish(event)?.await
     }
 
@@ -114,6 +115,7 @@ impl Pipeline {
         frame: Frame,
         meta: &FrameMeta,
         wait_for_room: bool,
+        deadline: Option<Instant>,
     ) -> Result<DetectionEvent, Error> {
         if meta.device_id.is_empty() {
             return Err(Error::InvalidFrame("device_id is empty".into()));
@@ -149,7 +151,9 @@ impl Pipeline {
             .observe(decode_time.as_secs_f64());
         let (width, height) = image.dimensions();
 
-        let out = batcher.run(image, wait_for_room).await?;
+        let out = batcher
+            .run_input(FrameInput::Image(image), wait_for_room, deadline)
+            .await?;
         let manifest = batcher.manifest();
         let event = DetectionEvent {
             event_id: meta.event_id(),

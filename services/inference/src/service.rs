@@ -63,7 +63,7 @@ type Delivering = Pin<Box<dyn std::future::Future<Output = Result<FrameAck, Stat
 async fn detect_frame(pipeline: Arc<Pipeline>, frame: Frame) -> Detected {
     let guard = InFlight::new(&pipeline);
     let meta = Pipeline::meta(&frame);
-    let result = pipeline.detect(frame, &meta, true).await;
+    let result = pipeline.detect(frame, &meta, true, None).await;
     (guard, meta, result)
 }
 
@@ -155,6 +155,27 @@ fn to_response(event: DetectionEvent) -> DetectResponse {
     }
 }
 
+/// The deadline a client sent in `grpc-timeout` (`<value><unit>`, unit one of H M S m u n).
+pub fn request_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    Some(std::time::Instant::now() + parse_grpc_timeout(text)?)
+}
+
+fn parse_grpc_timeout(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (value, unit) = text.split_at(text.len().checked_sub(1)?);
+    let value: u64 = value.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<FrameAck, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -227,10 +248,11 @@ impl Ingest for IngestService {
         if *self.draining.borrow() {
             return Err(Error::Draining.into());
         }
+        let deadline = request_deadline(request.metadata());
         let frame = request.into_inner();
         let _in_flight = InFlight::new(&self.pipeline);
         let meta = Pipeline::meta(&frame);
-        match self.pipeline.process(frame, &meta, false).await {
+        match self.pipeline.process(frame, &meta, false, deadline).await {
             Ok(event) => Ok(Response::new(to_response(event))),
             Err(e) => {
                 if e.is_permanent() {
@@ -241,9 +263,34 @@ impl Ingest for IngestService {
                         .frames_failed
                         .with_label_values(&["queue_full"])
                         .inc();
+                } else if let Error::DeadlineExceeded = e {
+                    self.pipeline
+                        .metrics
+                        .frames_failed
+                        .with_label_values(&["deadline"])
+                        .inc();
                 }
                 Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
     }
 }

@@ -213,3 +213,19 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Polls an async check until it returns Some or the deadline passes.
+pub async fn eventually_async<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
