@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy
+.PHONY: demo test up down models deps build fmt-check clippy bench-detector
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -18,6 +18,10 @@ up: build models deps
 
 down:
 	scripts/stack.sh down
+
+## bench-detector: candle vs ONNX Runtime / OpenCV on this machine (see BENCHMARKS.md)
+bench-detector: models
+	scripts/bench-detector.sh
 
 ## models: fetch the pretrained detectors and sample photos into models/ (idempotent)
 models: build

@@ -37,11 +37,22 @@ pub enum FrameInput {
     Planar(Vec<f32>),
 }
 
+impl FrameInput {
+    /// Memory the input holds while it waits, in bytes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            FrameInput::Image(img) => img.as_raw().len(),
+            FrameInput::Planar(v) => v.len() * 4,
+        }
+    }
+}
+
 struct Job {
     input: FrameInput,
     enqueued: Instant,
     deadline: Option<Instant>,
     permit: OwnedSemaphorePermit,
+    byte_permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<BatchOutput, JobError>>,
 }
 
@@ -63,6 +74,8 @@ pub struct BatchPolicy {
     pub max_queue_delay: Duration,
     /// Frames that may wait in the queue.
     pub queue_capacity: usize,
+    /// Decoded bytes that may wait in the queue (counted in KiB).
+    pub queue_capacity_bytes: usize,
 }
 
 /// Handle to one model's worker thread.
@@ -70,6 +83,9 @@ pub struct Batcher {
     manifest: Manifest,
     tx: SyncSender<Job>,
     slots: Arc<Semaphore>,
+    /// Queue memory budget in KiB.
+    kib: Arc<Semaphore>,
+    kib_capacity: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -88,6 +104,8 @@ impl Batcher {
             manifest,
             tx,
             slots: Arc::new(Semaphore::new(policy.queue_capacity)),
+            kib: Arc::new(Semaphore::new((policy.queue_capacity_bytes / 1024).max(1))),
+            kib_capacity: (policy.queue_capacity_bytes / 1024).max(1),
             metrics,
         }
     }
@@ -133,8 +151,29 @@ impl Batcher {
                     },
                 })?
         };
+        // Bytes are admitted like frames, so that a queue of large images is bounded too.
+        // One image larger than the whole budget may still run alone.
+        let kib = input.bytes().div_ceil(1024).clamp(1, self.kib_capacity) as u32;
+        let byte_permit = if wait_for_room {
+            self.kib
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| Error::Draining)?
+        } else {
+            self.kib
+                .clone()
+                .try_acquire_many_owned(kib)
+                .map_err(|e| match e {
+                    tokio::sync::TryAcquireError::Closed => Error::Draining,
+                    tokio::sync::TryAcquireError::NoPermits => Error::QueueFull {
+                        retry_after_ms: 100,
+                    },
+                })?
+        };
         let (reply, rx) = oneshot::channel();
         let job = Job {
+            byte_permit,
             input,
             enqueued: Instant::now(),
             deadline,
@@ -153,6 +192,7 @@ impl Batcher {
     /// Refuses new frames; queued ones still run.
     pub fn close(&self) {
         self.slots.close();
+        self.kib.close();
     }
 }
 
@@ -173,6 +213,7 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
         let mut waiting = Vec::with_capacity(jobs.len());
         for job in jobs {
             drop(job.permit); // the frame has left the queue
+            drop(job.byte_permit);
             if job.deadline.is_some_and(|d| started >= d) {
                 metrics.frames_failed.with_label_values(&["deadline"]).inc();
                 let _ = job.reply.send(Err(JobError::Expired));

@@ -70,6 +70,9 @@ pub struct Config {
     /// Frames that may wait for the detector, per model.
     #[arg(long, env = "VF_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
+    /// Decoded image bytes that may wait for the detector, per model.
+    #[arg(long, env = "VF_QUEUE_CAPACITY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub queue_capacity_bytes: usize,
     /// Frames one stream may have in flight before the server stops reading it.
     #[arg(long, env = "VF_STREAM_WINDOW", default_value_t = 16)]
     pub stream_window: usize,
@@ -123,6 +126,12 @@ impl Config {
                     "must be at least --max-batch-size ({})",
                     self.max_batch_size
                 ),
+            );
+        }
+        if self.queue_capacity_bytes < 1024 * 1024 {
+            return bad(
+                "queue-capacity-bytes",
+                "must be at least 1048576 (1 MiB)".into(),
             );
         }
         if self.stream_window == 0 {

@@ -255,4 +255,54 @@ mod tests {
             "frame too large: 60000x60000 is 3600000000 pixels, the limit is 10000000"
         );
     }
+
+    /// Seeded mutation testing of the decoders on the stable toolchain: thousands of
+    /// corrupted, truncated and extended JPEG/PNG/raw frames must each give Ok or a clean
+    /// error, never a panic or an allocation past the limits.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut png = Cursor::new(Vec::new());
+        RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8, y as u8, 3]))
+            .write_to(&mut png, ImageFormat::Png)
+            .unwrap();
+        let seeds = [jpeg(48, 32), png.into_inner()];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..3000 {
+            let mut bytes = seeds[round % 2].clone();
+            match next() % 4 {
+                0 => {
+                    let cut = (next() as usize) % bytes.len();
+                    bytes.truncate(cut);
+                }
+                1 => bytes.extend((0..next() % 64).map(|_| next() as u8)),
+                _ => {
+                    for _ in 0..1 + next() % 8 {
+                        let at = (next() as usize) % bytes.len();
+                        bytes[at] = next() as u8;
+                    }
+                }
+            }
+            let image = if round % 2 == 0 {
+                Image::Jpeg(bytes)
+            } else {
+                Image::Png(bytes)
+            };
+            let _ = decode(Some(&image), &LIMITS);
+        }
+        for _ in 0..500 {
+            let raw = RawImage {
+                format: (next() % 5) as i32,
+                width: (next() % 70_000) as u32,
+                height: (next() % 70_000) as u32,
+                data: vec![0; (next() % 4096) as usize],
+            };
+            let _ = decode(Some(&Image::Raw(raw)), &LIMITS);
+        }
+    }
 }

@@ -162,6 +162,7 @@ async fn load_models(
         max_batch_size: config.max_batch_size,
         max_queue_delay: config.max_queue_delay(),
         queue_capacity: config.queue_capacity,
+        queue_capacity_bytes: config.queue_capacity_bytes,
     };
     let options = DetectorOptions {
         conf_threshold: config.conf_threshold,

@@ -75,6 +75,39 @@ async fn overload_is_shed_with_resource_exhausted_and_retry_advice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_by_bytes_too() {
+    let kafka = shared_kafka();
+    // Room for 64 frames but only 1 MiB: one decoded bus.jpg (2.6 MB) fills it.
+    let cfg = config(
+        &kafka.bootstrap,
+        "serving.bytes",
+        &[
+            "--max-batch-size",
+            "1",
+            "--queue-capacity",
+            "64",
+            "--queue-capacity-bytes",
+            "1048576",
+        ],
+    );
+    let server = TestServer::start(cfg).await;
+    let client = IngestClient::connect(server.url()).await.unwrap();
+    let calls = (0..6).map(|i| {
+        let mut c = client.clone();
+        async move { c.detect(bus_frame("cam-bytes", i)).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let shed = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok + shed, 6, "{results:?}");
+    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_whose_deadline_passed_is_not_run() {
     let kafka = shared_kafka();
     let cfg = config(
