@@ -10,12 +10,13 @@
 # Usage (from any working directory):
 #   scripts/kafka.sh install
 #       Fetch the jars unless .state/kafka/libs is already up to date with the pom.
-#   scripts/kafka.sh start --dir DIR [--nodes 1|3] [--timeout SECONDS] [--watch-pid PID]
+#   scripts/kafka.sh start --dir DIR [--nodes 1|3] [--timeout SECONDS] [--watch-pid PID [--cleanup]]
 #       Create (first time) and start a cluster whose state lives in DIR (a fresh
 #       `mktemp -d` is fine). Prints one line, `bootstrap=127.0.0.1:PORT[,...]`, and
 #       writes the same bootstrap string to DIR/bootstrap. Calling it again on the same
 #       DIR restarts whatever is not running and keeps data and ports. With --watch-pid,
-#       the cluster is killed when process PID exits (tests use their own PID).
+#       the cluster is killed when process PID exits (tests use their own PID), and with
+#       --cleanup its DIR is then deleted too.
 #   scripts/kafka.sh stop --dir DIR [--kill] [--timeout SECONDS]
 #       Stop all nodes (SIGTERM, then SIGKILL after the timeout; --kill: SIGKILL at once).
 #       No error if nothing runs.
@@ -386,7 +387,7 @@ wait_ready() {
 
 # ------------------------------------------------------------------------- commands
 
-DIR="" NODES_ARG=1 NODE="" TIMEOUT="" KILL_NOW=0 WATCH_PID=""
+DIR="" NODES_ARG=1 NODE="" TIMEOUT="" KILL_NOW=0 WATCH_PID="" CLEANUP=""
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -396,6 +397,7 @@ parse_args() {
       --timeout) TIMEOUT=$2; shift 2 ;;
       --kill) KILL_NOW=1; shift ;;
       --watch-pid) WATCH_PID=$2; shift 2 ;;
+      --cleanup) CLEANUP=1; shift ;;
       *) die "unknown argument: $1" ;;
     esac
   done
@@ -445,8 +447,10 @@ cmd_start() {
 # dies (or a test binary whose statics are never dropped) leaves no broker behind. All its
 # file descriptors are closed, so the caller's pipes see end-of-file.
 start_watchdog() { # dir pid
-  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop --dir "$3" --kill' \
-    _ "$2" "$ROOT/scripts/kafka.sh" "$1" </dev/null >/dev/null 2>&1 &
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+    "$2" stop --dir "$3" --kill
+    [[ -n "$4" ]] && rm -rf "$3"' \
+    _ "$2" "$ROOT/scripts/kafka.sh" "$1" "$CLEANUP" </dev/null >/dev/null 2>&1 &
 }
 
 cmd_start_node() {

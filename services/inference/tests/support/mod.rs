@@ -47,7 +47,7 @@ impl Kafka {
             .args(["start", "--dir"])
             .arg(dir.path())
             .args(["--nodes", &nodes.to_string()])
-            .args(["--watch-pid", &std::process::id().to_string()])
+            .args(["--watch-pid", &std::process::id().to_string(), "--cleanup"])
             .output()
             .expect("running scripts/kafka.sh");
         let stdout = String::from_utf8_lossy(&out.stdout);
