@@ -27,10 +27,11 @@ bench-detector: models
 models: build
 	scripts/fetch-models.sh
 
-## deps: Kafka jars (Maven Central) and the Python test clients (PyPI), idempotent
+## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), idempotent
 deps:
 	scripts/kafka.sh install
 	scripts/pyenv.sh
+	scripts/promtool.sh install
 
 build:
 	$(CARGO) build --workspace

@@ -206,6 +206,28 @@ async fn every_frame_from_the_agent_becomes_exactly_one_event() {
     assert_eq!(code, 200);
     assert!(metrics.contains("vf_frames_published_total 6"), "{metrics}");
     assert!(metrics.contains("vf_stage_duration_seconds_bucket{stage=\"forward\""));
+    // Prometheus' own linter accepts the exposition.
+    let mut promtool = std::process::Command::new(root().join("scripts/promtool.sh"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let linted = promtool.wait_with_output().unwrap();
+    assert!(
+        linted.status.success() && linted.stdout.is_empty() && linted.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
     server.stop().await.unwrap();
 }
 
