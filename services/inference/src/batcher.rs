@@ -66,7 +66,7 @@ enum JobError {
 }
 
 /// Batching policy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchPolicy {
     /// Most frames per forward pass.
     pub max_batch_size: usize,
@@ -76,6 +76,24 @@ pub struct BatchPolicy {
     pub queue_capacity: usize,
     /// Decoded bytes that may wait in the queue (counted in KiB).
     pub queue_capacity_bytes: usize,
+    /// Batch sizes to prefer when the delay expires (ascending; empty: run what is there).
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+/// How many of `waiting` frames to run now. A full batch or a preferred size runs whole;
+/// otherwise the largest preferred size that fits runs and the rest wait for the next
+/// batch (as Triton's dynamic batcher does), or everything runs when none fits.
+pub fn choose_batch(waiting: usize, max: usize, preferred: &[usize]) -> usize {
+    let waiting = waiting.min(max);
+    if preferred.is_empty() || waiting == max || preferred.contains(&waiting) {
+        return waiting;
+    }
+    preferred
+        .iter()
+        .copied()
+        .filter(|&p| p <= waiting)
+        .max()
+        .unwrap_or(waiting)
 }
 
 /// Handle to one model's worker thread.
@@ -96,6 +114,8 @@ impl Batcher {
         let (tx, rx) = sync_channel(policy.queue_capacity);
         let worker_metrics = metrics.clone();
         let name = format!("batcher-{}", manifest.name);
+        let slots = Arc::new(Semaphore::new(policy.queue_capacity));
+        let kib_capacity = (policy.queue_capacity_bytes / 1024).max(1);
         std::thread::Builder::new()
             .name(name)
             .spawn(move || worker(detector, rx, policy, worker_metrics))
@@ -103,9 +123,9 @@ impl Batcher {
         Self {
             manifest,
             tx,
-            slots: Arc::new(Semaphore::new(policy.queue_capacity)),
-            kib: Arc::new(Semaphore::new((policy.queue_capacity_bytes / 1024).max(1))),
-            kib_capacity: (policy.queue_capacity_bytes / 1024).max(1),
+            slots,
+            kib: Arc::new(Semaphore::new(kib_capacity)),
+            kib_capacity,
             metrics,
         }
     }
@@ -197,16 +217,30 @@ impl Batcher {
 }
 
 fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: Arc<Metrics>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + policy.max_queue_delay;
-        while jobs.len() < policy.max_batch_size {
+    let mut carried: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    let largest_preferred = policy.preferred_batch_sizes.iter().copied().max();
+    loop {
+        if carried.is_empty() {
+            match rx.recv() {
+                Ok(job) => carried.push_back(job),
+                Err(_) => break, // every sender gone: shut down
+            }
+        }
+        // The delay runs from the oldest waiting frame's arrival.
+        let deadline = carried[0].enqueued + policy.max_queue_delay;
+        while carried.len() < policy.max_batch_size && Some(carried.len()) != largest_preferred {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(job) => jobs.push(job),
+                Ok(job) => carried.push_back(job),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
+        let take = choose_batch(
+            carried.len(),
+            policy.max_batch_size,
+            &policy.preferred_batch_sizes,
+        );
+        let jobs: Vec<Job> = carried.drain(..take).collect();
         let started = Instant::now();
         metrics.queue_depth.sub(jobs.len() as i64);
         let mut inputs = Vec::with_capacity(jobs.len());
@@ -254,5 +288,25 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_batch;
+
+    #[test]
+    fn batches_prefer_configured_sizes() {
+        // No preference: whatever is waiting, up to the maximum.
+        assert_eq!(choose_batch(3, 8, &[]), 3);
+        assert_eq!(choose_batch(12, 8, &[]), 8);
+        // Preferred 4 and 8: 6 waiting runs 4 now, 2 wait for the next batch.
+        assert_eq!(choose_batch(6, 8, &[4, 8]), 4);
+        assert_eq!(choose_batch(4, 8, &[4, 8]), 4);
+        assert_eq!(choose_batch(8, 8, &[4, 8]), 8);
+        // Fewer than the smallest preferred size: run them rather than starve.
+        assert_eq!(choose_batch(3, 8, &[4, 8]), 3);
+        // A full batch always runs whole.
+        assert_eq!(choose_batch(16, 16, &[4, 8]), 16);
     }
 }

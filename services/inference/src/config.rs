@@ -67,6 +67,10 @@ pub struct Config {
     /// How long the batcher waits for more frames once one is queued.
     #[arg(long, env = "VF_MAX_QUEUE_DELAY_MS", default_value_t = 5)]
     pub max_queue_delay_ms: u64,
+    /// Per-model batching, `MODEL=MAX_BATCH[:DELAY_MS[:PREFERRED/PREFERRED...]]`, comma
+    /// separated (e.g. `coco-yolov5s=8:10:4/8`); models not named use the flags above.
+    #[arg(long, env = "VF_BATCHING", value_delimiter = ',', value_parser = parse_batching)]
+    pub batching: Vec<ModelBatching>,
     /// Frames that may wait for the detector, per model.
     #[arg(long, env = "VF_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
@@ -91,6 +95,51 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "VF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// One model's batching settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelBatching {
+    /// Model name.
+    pub model: String,
+    /// Most frames per forward pass.
+    pub max_batch_size: usize,
+    /// Wait for more frames, when given.
+    pub max_queue_delay_ms: Option<u64>,
+    /// Preferred batch sizes, ascending.
+    pub preferred: Vec<usize>,
+}
+
+fn parse_batching(s: &str) -> Result<ModelBatching, String> {
+    let usage = || format!("expected MODEL=MAX_BATCH[:DELAY_MS[:P1/P2...]], got {s:?}");
+    let (model, rest) = s.split_once('=').ok_or_else(usage)?;
+    let mut parts = rest.split(':');
+    let max_batch_size = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(usage)?;
+    let max_queue_delay_ms = match parts.next() {
+        Some(v) if !v.is_empty() => Some(v.parse().map_err(|_| usage())?),
+        _ => None,
+    };
+    let mut preferred: Vec<usize> = match parts.next() {
+        Some(v) if !v.is_empty() => v
+            .split('/')
+            .map(|p| p.parse().map_err(|_| usage()))
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    if parts.next().is_some() || model.is_empty() {
+        return Err(usage());
+    }
+    preferred.sort_unstable();
+    preferred.dedup();
+    Ok(ModelBatching {
+        model: model.to_string(),
+        max_batch_size,
+        max_queue_delay_ms,
+        preferred,
+    })
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -134,6 +183,30 @@ impl Config {
                 "must be at least 1048576 (1 MiB)".into(),
             );
         }
+        for b in &self.batching {
+            let key = "batching";
+            if !self.models.contains(&b.model) {
+                return bad(key, format!("{} is not in --models", b.model));
+            }
+            if b.max_batch_size == 0 || b.max_batch_size > self.queue_capacity {
+                return bad(
+                    key,
+                    format!(
+                        "{}: max batch {} must be within 1..=--queue-capacity ({})",
+                        b.model, b.max_batch_size, self.queue_capacity
+                    ),
+                );
+            }
+            if b.preferred.iter().any(|&p| p == 0 || p > b.max_batch_size) {
+                return bad(
+                    key,
+                    format!(
+                        "{}: preferred sizes {:?} must be within 1..={}",
+                        b.model, b.preferred, b.max_batch_size
+                    ),
+                );
+            }
+        }
         if self.stream_window == 0 {
             return bad("stream-window", "must be at least 1".into());
         }
@@ -163,9 +236,19 @@ impl Config {
         Ok(())
     }
 
-    /// The batcher's wait for more frames.
-    pub fn max_queue_delay(&self) -> Duration {
-        Duration::from_millis(self.max_queue_delay_ms)
+    /// The batching policy of `model`: its `--batching` entry over the global flags.
+    pub fn batch_policy(&self, model: &str) -> crate::batcher::BatchPolicy {
+        let own = self.batching.iter().find(|b| b.model == model);
+        crate::batcher::BatchPolicy {
+            max_batch_size: own.map_or(self.max_batch_size, |b| b.max_batch_size),
+            max_queue_delay: Duration::from_millis(
+                own.and_then(|b| b.max_queue_delay_ms)
+                    .unwrap_or(self.max_queue_delay_ms),
+            ),
+            queue_capacity: self.queue_capacity,
+            queue_capacity_bytes: self.queue_capacity_bytes,
+            preferred_batch_sizes: own.map(|b| b.preferred.clone()).unwrap_or_default(),
+        }
     }
 }
 
@@ -206,6 +289,37 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("--dead-letter-topic: must differ"));
+    }
+
+    #[test]
+    fn per_model_batching_overrides_the_defaults() {
+        let c = parse(&["--models", "a,b", "--batching", "a=4:20:2/4"]);
+        c.validate().unwrap();
+        let a = c.batch_policy("a");
+        assert_eq!((a.max_batch_size, a.max_queue_delay.as_millis()), (4, 20));
+        assert_eq!(a.preferred_batch_sizes, vec![2, 4]);
+        let b = c.batch_policy("b");
+        assert_eq!((b.max_batch_size, b.max_queue_delay.as_millis()), (8, 5));
+        assert!(b.preferred_batch_sizes.is_empty());
+        let err = parse(&["--models", "a", "--batching", "z=4"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --batching: z is not in --models"
+        );
+        let err = parse(&["--models", "a", "--batching", "a=4::8"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --batching: a: preferred sizes [8] must be within 1..=4"
+        );
+        let err = Config::try_parse_from(["x", "--batching", "a=four"]).unwrap_err();
+        assert!(
+            err.to_string().contains("expected MODEL=MAX_BATCH"),
+            "{err}"
+        );
     }
 
     #[test]

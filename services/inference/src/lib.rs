@@ -32,7 +32,7 @@ use visionfleet_proto::v1::ingest_server::IngestServer;
 pub use config::Config;
 pub use error::Error;
 
-use batcher::{BatchPolicy, Batcher};
+use batcher::Batcher;
 use decode::Limits;
 use kserve::KserveService;
 use metrics::Metrics;
@@ -158,12 +158,6 @@ async fn load_models(
     metrics: &Arc<Metrics>,
 ) -> Result<HashMap<String, Batcher>, Error> {
     let store = ModelStore::open(&config.models_dir)?;
-    let policy = BatchPolicy {
-        max_batch_size: config.max_batch_size,
-        max_queue_delay: config.max_queue_delay(),
-        queue_capacity: config.queue_capacity,
-        queue_capacity_bytes: config.queue_capacity_bytes,
-    };
     let options = DetectorOptions {
         conf_threshold: config.conf_threshold,
         ..DetectorOptions::default()
@@ -193,6 +187,7 @@ async fn load_models(
             .with_label_values(&[&m.name, &m.version, &m.family.to_string()])
             .set(1);
         tracing::info!(model = %m.name, family = %m.family, "model loaded");
+        let policy = config.batch_policy(name);
         models.insert(
             name.clone(),
             Batcher::start(detector, policy, metrics.clone()),

@@ -75,6 +75,32 @@ async fn overload_is_shed_with_resource_exhausted_and_retry_advice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamic_batcher_forms_preferred_batch_sizes() {
+    let kafka = shared_kafka();
+    // Up to 4 per batch, wait up to 400 ms for more, prefer batches of 2 or 4.
+    let cfg = config(
+        &kafka.bootstrap,
+        "serving.preferred",
+        &["--batching", "coco-yolov5s=4:400:2/4"],
+    );
+    let server = TestServer::start(cfg).await;
+    let client = IngestClient::connect(server.url()).await.unwrap();
+    let calls = (0..3).map(|i| {
+        let mut c = client.clone();
+        async move { c.detect(bus_frame("cam-preferred", i)).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let (_, scrape) = http_get(server.http, "/metrics").await.unwrap();
+    // Three frames arrive together: a preferred batch of 2 runs, then the one left over.
+    assert_eq!(sample(&scrape, "vf_batch_size_count"), 2.0, "{scrape}");
+    assert_eq!(sample(&scrape, "vf_batch_size_sum"), 3.0);
+    assert_eq!(sample(&scrape, "vf_batch_size_bucket{le=\"2\"}"), 2.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_is_bounded_by_bytes_too() {
     let kafka = shared_kafka();
     // Room for 64 frames but only 1 MiB: one decoded bus.jpg (2.6 MB) fills it.
