@@ -61,6 +61,9 @@ pub struct Config {
         default_value = "coco-yolov5s"
     )]
     pub models: Vec<String>,
+    /// Seconds between checks of the served models' manifests for a new version (0: off).
+    #[arg(long, env = "VF_MODEL_POLL_SECONDS", default_value_t = 10)]
+    pub model_poll_seconds: u64,
     /// Most frames run in one forward pass.
     #[arg(long, env = "VF_MAX_BATCH_SIZE", default_value_t = 8)]
     pub max_batch_size: usize,

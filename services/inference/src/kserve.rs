@@ -38,7 +38,7 @@ impl KserveService {
         Self { pipeline, ready }
     }
 
-    fn model(&self, name: &str, version: &str) -> Result<&Batcher, Status> {
+    fn model(&self, name: &str, version: &str) -> Result<Arc<Batcher>, Status> {
         let batcher = self
             .pipeline
             .models
@@ -294,7 +294,8 @@ impl GrpcInferenceService for KserveService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let m = self.model(&r.name, &r.version)?.manifest();
+        let batcher = self.model(&r.name, &r.version)?;
+        let m = batcher.manifest();
         Ok(Response::new(ModelMetadataResponse {
             name: m.name.clone(),
             versions: vec![m.version.clone()],

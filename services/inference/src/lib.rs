@@ -14,9 +14,9 @@ pub mod kserve;
 pub mod metrics;
 pub mod pipeline;
 pub mod publisher;
+pub mod registry;
 pub mod service;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,14 +25,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use visionfleet_detector::{DetectorOptions, ModelStore};
 use visionfleet_proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 use visionfleet_proto::v1::ingest_server::IngestServer;
 
 pub use config::Config;
 pub use error::Error;
 
-use batcher::Batcher;
 use decode::Limits;
 use kserve::KserveService;
 use metrics::Metrics;
@@ -51,7 +49,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let models = load_models(&config, &metrics).await?;
+    let models = Arc::new(registry::load_all(&config, &metrics).await?);
     let publisher = Publisher::connect(&config).await?;
 
     let pipeline = Arc::new(Pipeline {
@@ -108,6 +106,14 @@ pub async fn run(
             let _ = grpc_stopped.await;
         });
     let mut grpc_task = tokio::spawn(grpc_server);
+    let watcher = (config.model_poll_seconds > 0).then(|| {
+        tokio::spawn(registry::watch(
+            config.clone(),
+            pipeline.models.clone(),
+            metrics.clone(),
+            Duration::from_secs(config.model_poll_seconds),
+        ))
+    });
     tracing::info!(models = ?config.models, topic = %config.topic, "serving");
 
     tokio::select! {
@@ -123,6 +129,9 @@ pub async fn run(
     }
 
     tracing::info!("draining");
+    if let Some(w) = watcher {
+        w.abort();
+    }
     ready.store(false, Ordering::Relaxed);
     health
         .set_not_serving::<IngestServer<IngestService>>()
@@ -140,7 +149,7 @@ pub async fn run(
         );
         grpc_task.abort();
     }
-    for batcher in pipeline.models.values() {
+    for batcher in pipeline.models.all() {
         batcher.close();
     }
     let flushing = pipeline.clone();
@@ -151,47 +160,4 @@ pub async fn run(
     let _ = http_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn load_models(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> Result<HashMap<String, Batcher>, Error> {
-    let store = ModelStore::open(&config.models_dir)?;
-    let options = DetectorOptions {
-        conf_threshold: config.conf_threshold,
-        ..DetectorOptions::default()
-    };
-    let mut models = HashMap::new();
-    for name in &config.models {
-        let (store, name_owned) = (store.clone(), name.clone());
-        let detector = tokio::task::spawn_blocking(move || {
-            store.load(
-                &name_owned,
-                &visionfleet_detector::default_device(),
-                options,
-            )
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        // Warm-up: the first forward pass allocates and tunes; do it before reporting ready.
-        let detector = tokio::task::spawn_blocking(move || {
-            let blank = image::RgbImage::new(64, 64);
-            detector.detect(&[(&blank).into()]).map(|_| detector)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let m = detector.manifest();
-        metrics
-            .model_info
-            .with_label_values(&[&m.name, &m.version, &m.family.to_string()])
-            .set(1);
-        tracing::info!(model = %m.name, family = %m.family, "model loaded");
-        let policy = config.batch_policy(name);
-        models.insert(
-            name.clone(),
-            Batcher::start(detector, policy, metrics.clone()),
-        );
-    }
-    Ok(models)
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub capture_to_published: Histogram,
     /// Served models (value 1), labelled by name, version and family.
     pub model_info: IntGaugeVec,
+    /// Model reloads, by result (success, failure).
+    pub model_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -138,6 +140,11 @@ impl Metrics {
                 latency_buckets(),
             ),
             model_info,
+            model_reloads: counter_vec(
+                "vf_model_reloads_total",
+                "Model reloads after a manifest change, by result",
+                &["result"],
+            ),
             registry,
         }
     }

@@ -1,7 +1,7 @@
 //! One frame's path through the pod: validate, decode, detect (through the model's batcher),
 //! publish to Kafka. Permanent failures go to the dead-letter topic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,19 +9,20 @@ use chrono::{DateTime, Utc};
 use visionfleet_proto::event::{event_id, DetectionEvent, EventDetection, Latencies, Rejection};
 use visionfleet_proto::v1::{Frame, RejectReason};
 
-use crate::batcher::{Batcher, FrameInput};
+use crate::batcher::FrameInput;
 use crate::decode::{decode, Limits};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
+use crate::registry::ModelRegistry;
 
 /// Longest accepted device id.
 const MAX_DEVICE_ID_BYTES: usize = 256;
 
 /// The pod's shared state.
 pub struct Pipeline {
-    /// Batchers by model name.
-    pub models: HashMap<String, Batcher>,
+    /// The served models.
+    pub models: Arc<ModelRegistry>,
     /// Model for frames that name none.
     pub default_model: String,
     /// Kafka producer.
@@ -91,9 +92,7 @@ impl Pipeline {
     }
 
     fn served(&self) -> String {
-        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names.join(", ")
+        self.models.names().join(", ")
     }
 
     /// Runs a frame end to end and returns the event once Kafka has it. With
