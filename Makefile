@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy bench-detector
+.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -22,6 +22,10 @@ down:
 ## bench-detector: candle vs ONNX Runtime / OpenCV on this machine (see BENCHMARKS.md)
 bench-detector: models
 	scripts/bench-detector.sh
+
+## bench-serving: pod throughput vs raw detector, latency at 70% and 300% load (BENCHMARKS.md)
+bench-serving: models deps
+	scripts/bench-serving.sh
 
 ## models: fetch the pretrained detectors and sample photos into models/ (idempotent)
 models: build

@@ -1,0 +1,26 @@
+//! `visionfleet-loadtest`: load experiments against a running inference pod.
+
+mod serving;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "visionfleet-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serving overhead and overload: raw detector vs pod throughput, latency at 70% and
+    /// 300% of saturation, shed rate and peak server memory.
+    Serving(serving::ServingArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serving(args) => serving::run(args).await,
+    }
+}
