@@ -2,15 +2,20 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving
+.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving fuzz
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
 	scripts/demo.sh
 
-## test: formatting, lints and every test (what CI runs)
+## test: formatting, lints, every test, then 60 s of fuzzing frame decoding (what CI runs)
 test: fmt-check clippy build models deps
 	$(CARGO) test --workspace --all-targets
+	scripts/fuzz.sh
+
+## fuzz: libFuzzer on frame decoding for FUZZ_SECONDS (default 60)
+fuzz:
+	scripts/fuzz.sh
 
 ## up / down: the local stack (broker and one inference server) in the background
 up: build models deps

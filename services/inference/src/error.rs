@@ -96,3 +96,14 @@ impl From<Error> for Status {
         }
     }
 }
+
+impl From<visionfleet_frame_codec::DecodeError> for Error {
+    fn from(e: visionfleet_frame_codec::DecodeError) -> Self {
+        use visionfleet_frame_codec::DecodeError as D;
+        match e {
+            D::InvalidFrame(m) => Error::InvalidFrame(m),
+            D::InvalidImage(m) => Error::InvalidImage(m),
+            D::TooLarge(m) => Error::TooLarge(m),
+        }
+    }
+}

@@ -7,7 +7,6 @@
 
 pub mod batcher;
 pub mod config;
-pub mod decode;
 pub mod error;
 pub mod http;
 pub mod kserve;
@@ -31,12 +30,12 @@ use visionfleet_proto::v1::ingest_server::IngestServer;
 pub use config::Config;
 pub use error::Error;
 
-use decode::Limits;
 use kserve::KserveService;
 use metrics::Metrics;
 use pipeline::Pipeline;
 use publisher::Publisher;
 use service::IngestService;
+use visionfleet_frame_codec::Limits;
 
 /// Runs the pod until `shutdown` completes, then drains: readiness and gRPC health flip to
 /// not serving, streams stop reading, in-flight frames finish (bounded by the grace period)

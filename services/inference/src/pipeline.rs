@@ -10,11 +10,11 @@ use visionfleet_proto::event::{event_id, DetectionEvent, EventDetection, Latenci
 use visionfleet_proto::v1::{Frame, RejectReason};
 
 use crate::batcher::FrameInput;
-use crate::decode::{decode, Limits};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::registry::ModelRegistry;
+use visionfleet_frame_codec::{decode, Limits};
 
 /// Longest accepted device id.
 const MAX_DEVICE_ID_BYTES: usize = 256;

@@ -1,12 +1,26 @@
 //! Frame decoding: JPEG, PNG or raw pixels into RGB8, refusing anything malformed or too
-//! large before a pixel buffer is allocated.
+//! large before a pixel buffer is allocated. Every input gives an image or a
+//! [`DecodeError`] naming the problem, never a panic: `fuzz/` drives this crate with
+//! libFuzzer.
 
 use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader, RgbImage};
 use visionfleet_proto::v1::{frame::Image, PixelFormat, RawImage};
 
-use crate::error::Error;
+/// Why a frame's image was refused. The messages are what clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame itself is malformed (no image).
+    #[error("invalid frame: {0}")]
+    InvalidFrame(String),
+    /// The image cannot be decoded or has unusable dimensions.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// The image exceeds a configured limit.
+    #[error("frame too large: {0}")]
+    TooLarge(String),
+}
 
 /// Limits applied to every frame.
 #[derive(Debug, Clone, Copy)]
@@ -18,24 +32,24 @@ pub struct Limits {
 }
 
 /// Decodes a frame's image into RGB8.
-pub fn decode(image: Option<&Image>, limits: &Limits) -> Result<RgbImage, Error> {
+pub fn decode(image: Option<&Image>, limits: &Limits) -> Result<RgbImage, DecodeError> {
     match image {
-        None => Err(Error::InvalidFrame("frame has no image".into())),
+        None => Err(DecodeError::InvalidFrame("frame has no image".into())),
         Some(Image::Jpeg(bytes)) => decode_encoded(bytes, ImageFormat::Jpeg, limits),
         Some(Image::Png(bytes)) => decode_encoded(bytes, ImageFormat::Png, limits),
         Some(Image::Raw(raw)) => decode_raw(raw, limits),
     }
 }
 
-fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), Error> {
+fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
-        return Err(Error::InvalidImage(format!(
+        return Err(DecodeError::InvalidImage(format!(
             "image has zero size ({width}x{height})"
         )));
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(Error::TooLarge(format!(
+        return Err(DecodeError::TooLarge(format!(
             "{width}x{height} is {pixels} pixels, the limit is {}",
             limits.max_pixels
         )));
@@ -43,13 +57,17 @@ fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), Error> {
     Ok(())
 }
 
-fn decode_encoded(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<RgbImage, Error> {
+fn decode_encoded(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<RgbImage, DecodeError> {
     let name = format!("{format:?}").to_uppercase();
     if bytes.is_empty() {
-        return Err(Error::InvalidImage(format!("{name} data is empty")));
+        return Err(DecodeError::InvalidImage(format!("{name} data is empty")));
     }
     if bytes.len() > limits.max_bytes {
-        return Err(Error::TooLarge(format!(
+        return Err(DecodeError::TooLarge(format!(
             "{name} is {} bytes, the limit is {}",
             bytes.len(),
             limits.max_bytes
@@ -58,12 +76,14 @@ fn decode_encoded(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<
     // Read only the header first: a decompression bomb is refused before any allocation.
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
-        .map_err(|e| Error::InvalidImage(format!("{name} header: {}", e.to_string().trim_end())))?;
+        .map_err(|e| {
+            DecodeError::InvalidImage(format!("{name} header: {}", e.to_string().trim_end()))
+        })?;
     check_pixels(width, height, limits)?;
     // The JPEG decoder fills a truncated scan with grey instead of failing; a frame cut off
     // in transit must not become a "valid" half-grey image, so require the end marker.
     if format == ImageFormat::Jpeg && !has_jpeg_end_marker(bytes) {
-        return Err(Error::InvalidImage(
+        return Err(DecodeError::InvalidImage(
             "JPEG data: truncated (no end-of-image marker)".into(),
         ));
     }
@@ -74,9 +94,9 @@ fn decode_encoded(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<
     // RGBA16 worst case plus decoder scratch.
     image_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (1 << 20));
     reader.limits(image_limits);
-    let decoded = reader
-        .decode()
-        .map_err(|e| Error::InvalidImage(format!("{name} data: {}", e.to_string().trim_end())))?;
+    let decoded = reader.decode().map_err(|e| {
+        DecodeError::InvalidImage(format!("{name} data: {}", e.to_string().trim_end()))
+    })?;
     Ok(decoded.into_rgb8())
 }
 
@@ -87,13 +107,13 @@ fn has_jpeg_end_marker(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn decode_raw(raw: &RawImage, limits: &Limits) -> Result<RgbImage, Error> {
+fn decode_raw(raw: &RawImage, limits: &Limits) -> Result<RgbImage, DecodeError> {
     let format = PixelFormat::try_from(raw.format).unwrap_or(PixelFormat::Unspecified);
     let channels: u64 = match format {
         PixelFormat::Rgb8 | PixelFormat::Bgr8 => 3,
         PixelFormat::Gray8 => 1,
         PixelFormat::Unspecified => {
-            return Err(Error::InvalidImage(format!(
+            return Err(DecodeError::InvalidImage(format!(
                 "raw image has no pixel format (got {})",
                 raw.format
             )))
@@ -102,7 +122,7 @@ fn decode_raw(raw: &RawImage, limits: &Limits) -> Result<RgbImage, Error> {
     check_pixels(raw.width, raw.height, limits)?;
     let expected = u64::from(raw.width) * u64::from(raw.height) * channels;
     if raw.data.len() as u64 != expected {
-        return Err(Error::InvalidImage(format!(
+        return Err(DecodeError::InvalidImage(format!(
             "raw {} buffer has {} bytes, {}x{}x{channels} needs {expected}",
             format.as_str_name(),
             raw.data.len(),
@@ -120,7 +140,7 @@ fn decode_raw(raw: &RawImage, limits: &Limits) -> Result<RgbImage, Error> {
         _ => raw.data.iter().flat_map(|&g| [g, g, g]).collect(),
     };
     RgbImage::from_raw(raw.width, raw.height, rgb)
-        .ok_or_else(|| Error::InvalidImage("raw buffer does not fit its size".into()))
+        .ok_or_else(|| DecodeError::InvalidImage("raw buffer does not fit its size".into()))
 }
 
 #[cfg(test)]
