@@ -10,7 +10,7 @@ source scripts/lib.sh
 STATE=.state/bench-serving
 BIN=${CARGO_TARGET_DIR:-target}/release
 SECONDS_PER_PHASE=${BENCH_SECONDS:-20}
-BATCH=${BENCH_BATCH:-4}
+BATCH=${BENCH_BATCH:-1}
 rm -rf "$STATE" && mkdir -p "$STATE"
 # Release binaries: the numbers are what a deployed pod does.
 cargo build --release -q -p visionfleet-inference -p visionfleet-loadtest
@@ -28,11 +28,13 @@ trap cleanup EXIT
 BOOTSTRAP=$(scripts/kafka.sh start --dir "$STATE/kafka" | sed -n 's/^bootstrap=//p')
 GRPC=127.0.0.1:$(free_port)
 HTTP=127.0.0.1:$(free_port)
-# A short queue (two batches) keeps admitted frames' latency bounded under overload: the
-# excess is shed with RESOURCE_EXHAUSTED instead of waiting.
+# A queue of one batch keeps admitted frames' latency bounded under overload (at most the
+# running batch and their own): the excess is shed with RESOURCE_EXHAUSTED instead of
+# waiting. Batch 1 by default: on CPU a bigger batch buys throughput with latency
+# (BENCH_BATCH=4 shows the other side; see BENCHMARKS.md).
 "$BIN/visionfleet-inference" --grpc-addr "$GRPC" --http-addr "$HTTP" \
   --kafka-bootstrap "$BOOTSTRAP" --topic bench.serving --models coco-yolov5s --models-dir models \
-  --max-batch-size "$BATCH" --queue-capacity $((2 * BATCH)) --max-queue-delay-ms 20 \
+  --max-batch-size "$BATCH" --queue-capacity "$BATCH" --max-queue-delay-ms 20 \
   >"$STATE/inference.log" 2>&1 &
 SERVER_PID=$!
 wait_http "http://$HTTP/readyz" 120 || { tail -n 30 "$STATE/inference.log" >&2; exit 1; }
