@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving fuzz
+.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving fuzz loadtest
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -31,6 +31,10 @@ bench-detector: models
 ## bench-serving: pod throughput vs raw detector, latency at 70% and 300% load (BENCHMARKS.md)
 bench-serving: models deps
 	scripts/bench-serving.sh
+
+## loadtest: 100 virtual devices at 2 fps for 60 s against a local broker + pod (BENCHMARKS.md)
+loadtest: models deps
+	scripts/loadtest.sh
 
 ## models: fetch the pretrained detectors and sample photos into models/ (idempotent)
 models: build

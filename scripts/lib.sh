@@ -19,3 +19,30 @@ PY
     sleep 0.5
   done
 }
+
+# Benchmarks' private stack: start_bench_stack STATE TOPIC [inference flags...] builds the
+# release binaries, starts a Kafka broker under STATE/kafka and one inference pod
+# (coco-yolov5s) on free loopback ports, and sets BIN, BOOTSTRAP, GRPC, HTTP and
+# SERVER_PID. stop_bench_stack STATE stops both; call it from an EXIT trap.
+start_bench_stack() {
+  local state=$1 topic=$2
+  shift 2
+  BIN=${CARGO_TARGET_DIR:-target}/release
+  cargo build --release -q -p visionfleet-inference -p visionfleet-loadtest
+  BOOTSTRAP=$(scripts/kafka.sh start --dir "$state/kafka" | sed -n 's/^bootstrap=//p')
+  GRPC=127.0.0.1:$(free_port)
+  HTTP=127.0.0.1:$(free_port)
+  "$BIN/visionfleet-inference" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+    --kafka-bootstrap "$BOOTSTRAP" --topic "$topic" --models coco-yolov5s --models-dir models \
+    "$@" >"$state/inference.log" 2>&1 &
+  SERVER_PID=$!
+  wait_http "http://$HTTP/readyz" 120 || { tail -n 30 "$state/inference.log" >&2; return 1; }
+}
+
+stop_bench_stack() {
+  if [[ -n "${SERVER_PID:-}" ]]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  scripts/kafka.sh stop --dir "$1/kafka" >/dev/null 2>&1 || true
+}

@@ -1,6 +1,13 @@
 //! `visionfleet-loadtest`: load experiments against a running inference pod.
 
+mod device;
+mod events;
+mod fleet;
+mod images;
+mod plot;
+mod report;
 mod serving;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -16,11 +23,15 @@ enum Command {
     /// Serving overhead and overload: raw detector vs pod throughput, latency at 70% and
     /// 300% of saturation, shed rate and peak server memory.
     Serving(serving::ServingArgs),
+    /// A fleet of virtual edge devices streaming real JPEGs through `StreamFrames`, with
+    /// an independent Kafka consumer accounting for every frame by event id.
+    Fleet(fleet::FleetArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serving(args) => serving::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     }
 }

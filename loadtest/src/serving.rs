@@ -167,17 +167,6 @@ async fn open_loop(
     phase
 }
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Runs the experiment and prints the report and the summary line.
 pub async fn run(a: ServingArgs) -> anyhow::Result<()> {
     let jpeg = std::fs::read(&a.image).with_context(|| format!("reading {}", a.image.display()))?;
@@ -254,7 +243,7 @@ pub async fn run(a: ServingArgs) -> anyhow::Result<()> {
         over.p99(),
         at70.p99(),
         shed_pct,
-        peak_rss_mb(a.pid)
+        crate::report::peak_rss_mb(a.pid).unwrap_or(0.0)
     );
     Ok(())
 }
