@@ -63,7 +63,7 @@ pub async fn run(
                 continue;
             }
         };
-        rec.with(|t| t.open_streams += 1);
+        rec.stream(true);
         let mut tx = Some(tx);
         let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
         loop {
@@ -115,7 +115,7 @@ pub async fn run(
                 },
             }
         }
-        rec.with(|t| t.open_streams -= 1);
+        rec.stream(false);
         if ticks_open {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

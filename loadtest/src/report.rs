@@ -82,6 +82,8 @@ pub struct Report {
     pub unacked_but_delivered: u64,
     /// Stream failures by gRPC status code.
     pub errors: BTreeMap<String, u64>,
+    /// Most device streams open at once.
+    pub peak_open_streams: u64,
     /// Distinct events of this run read from Kafka.
     pub events: u64,
     /// Sent frames neither refused nor seen in Kafka.
@@ -161,6 +163,7 @@ impl Report {
                 rejected: t.rejected.clone(),
                 unacked_but_delivered,
                 errors: t.errors.clone(),
+                peak_open_streams: t.peak_open_streams,
                 events: seen.counts.len() as u64,
                 lost,
                 lost_after_ack,
@@ -218,7 +221,7 @@ impl Report {
              | events read from Kafka (distinct) | {} |\n| lost | {} |\n\
              | lost after an ack | {} |\n| duplicates | {} |\n\
              | unanswered but delivered | {} |\n\n\
-             Stream errors: {}. Throughput: {:.2} frames/s. Drain after sending stopped: \
+             Streams open at peak: {}. Stream errors: {}. Throughput: {:.2} frames/s. Drain after sending stopped: \
              {:.1} s.{}\n\n\
              | latency (ms) | samples | p50 | p90 | p99 | p99.9 | max |\n\
              |---|---|---|---|---|---|---|\n",
@@ -239,6 +242,7 @@ impl Report {
             self.lost_after_ack,
             self.duplicates,
             self.unacked_but_delivered,
+            self.peak_open_streams,
             map(&self.errors),
             self.frames_per_s,
             self.drain_s,

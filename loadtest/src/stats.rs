@@ -54,6 +54,8 @@ pub struct Tally {
     pub timeline: Vec<Second>,
     /// Streams open now.
     pub open_streams: u64,
+    /// Most streams open at once.
+    pub peak_open_streams: u64,
 }
 
 /// The shared recorder.
@@ -85,6 +87,7 @@ impl Recorder {
                 steady_acks: 0,
                 timeline: Vec::new(),
                 open_streams: 0,
+                peak_open_streams: 0,
             }),
         }
     }
@@ -136,6 +139,18 @@ impl Recorder {
                 *f = Fate::Rejected;
             }
             *t.rejected.entry(reason.to_string()).or_default() += 1;
+        });
+    }
+
+    /// A device's stream opened (`true`) or ended.
+    pub fn stream(&self, open: bool) {
+        self.with(|t| {
+            if open {
+                t.open_streams += 1;
+                t.peak_open_streams = t.peak_open_streams.max(t.open_streams);
+            } else {
+                t.open_streams -= 1;
+            }
         });
     }
 
