@@ -197,6 +197,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         &rec,
         &seen,
         interrupted || !drained,
+        sending_ended,
         drain_time,
     );
     report.write(&args.out)?;
@@ -204,7 +205,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     println!("results: {}", args.out.display());
     println!("{}", report.summary_line());
     if interrupted {
-        anyhow::bail!("interrupted: partial results written");
+        eprintln!("loadtest: interrupted, partial results written");
+        std::process::exit(130);
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
@@ -114,6 +114,7 @@ impl Report {
         rec: &Recorder,
         seen: &Seen,
         partial: bool,
+        sending_ended: Instant,
         drain: Duration,
     ) -> Self {
         rec.with(|t| {
@@ -137,7 +138,11 @@ impl Report {
                 }
             }
             let duplicates = seen.counts.values().map(|&n| u64::from(n) - 1).sum();
-            let measured = rec.send_until.duration_since(rec.measure_from);
+            // A run stopped early is measured up to where it stopped.
+            let measured = sending_ended
+                .min(rec.send_until)
+                .saturating_duration_since(rec.measure_from)
+                .max(Duration::from_millis(1));
             let timeline = t
                 .timeline
                 .iter()
@@ -282,7 +287,6 @@ pub fn peak_rss_mb(pid: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::time::Instant;
 
     use clap::Parser;
 
@@ -329,7 +333,15 @@ mod tests {
             kafka_latency: new_histogram(),
             unreadable: 0,
         };
-        let r = Report::build(&args(), "set", &rec, &seen, false, Duration::ZERO);
+        let r = Report::build(
+            &args(),
+            "set",
+            &rec,
+            &seen,
+            false,
+            rec.send_until,
+            Duration::ZERO,
+        );
         assert_eq!(r.sent, 6);
         assert_eq!(r.acked_published, 3);
         assert_eq!(

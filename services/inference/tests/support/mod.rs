@@ -16,9 +16,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use visionfleet_inference::{run, Config, Error};
 
-/// The repository root.
+/// The repository root: the nearest folder above the crate with `scripts/kafka.sh` (this
+/// harness is shared by crates at different depths).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("scripts/kafka.sh").exists())
+        .expect("the crate is inside the repository")
+        .to_path_buf()
 }
 
 /// The model store `make models` fills.
