@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod source;
+pub mod spool;
 pub mod uplink;
 
 use std::time::Duration;
