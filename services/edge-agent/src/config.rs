@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::source::{FolderSource, FrameSource, SyntheticSource};
+use crate::spool::{FullPolicy, SpoolConfig};
 use crate::uplink::UplinkConfig;
 
 /// Which source to capture from.
@@ -70,6 +71,25 @@ pub struct AgentConfig {
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Store-and-forward: keep every captured frame in this folder (synced to disk) until
+    /// the pod acknowledges it, across outages, crashes and restarts.
+    #[arg(long, env = "VF_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may use on disk.
+    #[arg(long, env = "VF_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Frames older than this (capture time) are dropped from the spool, counted; 0 keeps
+    /// them until there is no room.
+    #[arg(long, env = "VF_SPOOL_TTL_SECONDS", default_value_t = 86_400)]
+    pub spool_ttl_seconds: u64,
+    /// What to do when the spool is full.
+    #[arg(
+        long,
+        env = "VF_SPOOL_FULL_POLICY",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
+    pub spool_full_policy: FullPolicy,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -92,6 +112,20 @@ impl AgentConfig {
             SourceKind::Synthetic => {
                 Box::new(SyntheticSource::new(self.count, self.width, self.height))
             }
+        })
+    }
+
+    /// The spool settings, when store-and-forward is on.
+    pub fn spool(&self) -> Option<SpoolConfig> {
+        let dir = self.spool_dir.clone()?;
+        Some(SpoolConfig {
+            dir,
+            max_bytes: self.spool_max_bytes,
+            ttl: (self.spool_ttl_seconds > 0).then(|| Duration::from_secs(self.spool_ttl_seconds)),
+            policy: self.spool_full_policy,
+            // Small enough that acknowledged frames free disk soon, large enough to keep
+            // the file count low.
+            segment_bytes: (self.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod source;
 pub mod spool;
+pub mod spooled;
 pub mod uplink;
 
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub async fn run_with_source(
     mut source: Box<dyn FrameSource>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Summary> {
+    if let Some(spool_cfg) = config.spool() {
+        return run_spooled(config, spool_cfg, source, stop).await;
+    }
     let uplink = config.uplink();
     // Capture runs on a blocking thread (file reads, JPEG encoding) and hands frames over
     // through a small channel; fps pacing happens there.
@@ -52,6 +56,50 @@ pub async fn run_with_source(
         Ok(())
     });
     let summary = uplink::run(&uplink, rx, stop).await?;
+    capture.await??;
+    Ok(summary)
+}
+
+/// Store-and-forward: capture appends to the disk spool on its own thread, whatever the
+/// uplink's state; the uplink sends from the spool.
+async fn run_spooled(
+    config: AgentConfig,
+    spool_cfg: spool::SpoolConfig,
+    mut source: Box<dyn FrameSource>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Summary> {
+    let uplink = config.uplink();
+    let opened = spool::Spool::open(spool_cfg)?;
+    if !opened.is_empty() {
+        tracing::info!(frames = opened.len(), "spool: resuming with stored frames");
+    }
+    let shared = spooled::SharedSpool::new(opened);
+    let (done_tx, done) = watch::channel(false);
+    let interval = (config.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / config.fps));
+    let (capture_spool, capture_cfg, capture_stop) = (shared.clone(), uplink.clone(), stop.clone());
+    let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut next = std::time::Instant::now();
+        let result = (|| {
+            while let Some(item) = source.next_image() {
+                if *capture_stop.borrow() {
+                    break;
+                }
+                let (image, _path) = item?;
+                if let Some(every) = interval {
+                    let now = std::time::Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    next += every;
+                }
+                capture_spool.store(&capture_cfg, image, &capture_stop)?;
+            }
+            Ok(())
+        })();
+        let _ = done_tx.send(true);
+        result
+    });
+    let summary = spooled::run(&uplink, shared, done, stop).await?;
     capture.await??;
     Ok(summary)
 }

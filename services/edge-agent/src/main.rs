@@ -36,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
             summary.rejected,
             summary.reconnects
         );
+        if let Some(s) = &summary.spool {
+            println!(
+                "spool: {} stored, {} acknowledged, {} dropped (oldest), {} dropped (newest), {} expired, {} bytes of torn tail cut",
+                s.appended, s.acknowledged, s.dropped_oldest, s.dropped_newest, s.expired, s.truncated_bytes
+            );
+        }
     }
     Ok(())
 }

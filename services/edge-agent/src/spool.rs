@@ -9,6 +9,7 @@
 //!   to the newest segment; a new one starts when it reaches the segment size. A segment
 //!   is deleted once none of its records is waiting, except the newest, which also keeps
 //!   the last sequence number used (so numbering continues after a restart).
+//! - `LOCK`: locked while an agent has the spool open.
 //! - `acks.log`: sequence numbers acknowledged or dropped, 8 bytes each, written without a
 //!   sync: if the tail is lost, those frames are sent again with the same event id (a
 //!   counted duplicate, never a loss).
@@ -95,6 +96,9 @@ pub enum SpoolError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another process has the spool open.
+    #[error("spool {0} is in use by another process")]
+    Locked(PathBuf),
     /// A frame alone exceeds the byte budget.
     #[error("frame of {size} bytes exceeds the spool's budget of {max} bytes")]
     FrameTooLarge {
@@ -148,6 +152,8 @@ pub struct Spool {
     acks_written: u64,
     last_sequence: Option<u64>,
     counters: SpoolCounters,
+    /// Held (locked) while the spool is open.
+    _lock: File,
 }
 
 impl Spool {
@@ -155,6 +161,22 @@ impl Spool {
     /// cut off, acknowledged frames are forgotten, the rest wait to be sent again.
     pub fn open(cfg: SpoolConfig) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
+        // One process per spool: a second one would cut "torn" tails that are being
+        // written and lose acks to a rewritten log.
+        let lock_path = cfg.dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked(cfg.dir.clone()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let acks_path = cfg.dir.join("acks.log");
         let acked = read_acks(&acks_path)?;
         let mut spool = Spool {
@@ -170,18 +192,10 @@ impl Spool {
             acks_path,
             last_sequence: None,
             counters: SpoolCounters::default(),
+            _lock: lock,
             cfg,
         };
-        let mut ids: Vec<u64> = std::fs::read_dir(&spool.cfg.dir)
-            .map_err(io(&spool.cfg.dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
-        ids.sort_unstable();
-        for id in ids {
+        for id in segment_ids(&spool.cfg.dir)? {
             spool.recover_segment(id, &acked)?;
         }
         // Forget fully handled segments, keeping the newest for its sequence numbers.
@@ -199,53 +213,46 @@ impl Spool {
     }
 
     fn recover_segment(&mut self, id: u64, acked: &BTreeSet<u64>) -> Result<(), SpoolError> {
-        let path = self.cfg.dir.join(format!("{id:020}.seg"));
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(io(&path))?;
-        let mut offset = 0usize;
+        let path = segment_path(&self.cfg.dir, id);
+        let scanned = scan_segment(&path)?;
         let mut waiting = 0;
-        while let Some((body, next)) = parse_record(&data, offset) {
-            let sequence = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-            let captured_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-            self.last_sequence = Some(self.last_sequence.map_or(sequence, |s| s.max(sequence)));
-            if !acked.contains(&sequence) {
+        for r in &scanned.records {
+            self.last_sequence = Some(self.last_sequence.map_or(r.sequence, |s| s.max(r.sequence)));
+            if !acked.contains(&r.sequence) {
                 self.waiting.insert(
-                    sequence,
+                    r.sequence,
                     Loc {
                         segment: id,
-                        offset: offset as u64,
-                        len: (next - offset) as u32,
-                        captured_ms,
+                        offset: r.offset,
+                        len: r.len,
+                        captured_ms: r.captured_ms,
                     },
                 );
                 waiting += 1;
             }
-            offset = next;
         }
-        if offset < data.len() {
+        if scanned.clean < scanned.total {
             // A torn write (crash mid-append) or corruption: everything from here on is
             // unreadable by construction; cut it off so appends continue on clean ground.
             tracing::warn!(
                 segment = %path.display(),
-                offset,
-                bytes = data.len() - offset,
+                offset = scanned.clean,
+                bytes = scanned.total - scanned.clean,
                 "spool: cutting off a torn or corrupt tail"
             );
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            f.set_len(offset as u64).map_err(io(&path))?;
+            f.set_len(scanned.clean).map_err(io(&path))?;
             f.sync_all().map_err(io(&path))?;
-            self.counters.truncated_bytes += (data.len() - offset) as u64;
+            self.counters.truncated_bytes += scanned.total - scanned.clean;
         }
         self.segments.insert(
             id,
             Segment {
                 path,
-                bytes: offset as u64,
+                bytes: scanned.clean,
                 waiting,
             },
         );
@@ -337,7 +344,7 @@ impl Spool {
 
     /// Starts a new segment named after the first sequence it will hold.
     fn roll(&mut self, first_sequence: u64) -> Result<(), SpoolError> {
-        let path = self.cfg.dir.join(format!("{first_sequence:020}.seg"));
+        let path = segment_path(&self.cfg.dir, first_sequence);
         if self.segments.contains_key(&first_sequence) {
             return Ok(());
         }
@@ -467,17 +474,10 @@ impl Spool {
     fn live_handled_sequences(&self) -> Result<Vec<u64>, SpoolError> {
         let mut out = Vec::new();
         for seg in self.segments.values() {
-            let mut data = Vec::new();
-            File::open(&seg.path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(io(&seg.path))?;
-            let mut offset = 0;
-            while let Some((body, next)) = parse_record(&data, offset) {
-                let s = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-                if !self.waiting.contains_key(&s) {
-                    out.push(s);
+            for r in scan_segment(&seg.path)?.records {
+                if !self.waiting.contains_key(&r.sequence) {
+                    out.push(r.sequence);
                 }
-                offset = next;
             }
         }
         Ok(out)
@@ -541,6 +541,83 @@ impl Spool {
     pub fn counters(&self) -> &SpoolCounters {
         &self.counters
     }
+}
+
+/// Read-only view of a spool folder, safe while an agent has it open: the frames
+/// waiting (stored, not acknowledged) and their bytes. For `status` and for tests.
+pub fn peek(dir: &Path) -> Result<(BTreeSet<u64>, u64), SpoolError> {
+    let acked = read_acks(&dir.join("acks.log"))?;
+    let mut waiting = BTreeSet::new();
+    let mut bytes = 0;
+    for id in segment_ids(dir)? {
+        let scanned = scan_segment(&segment_path(dir, id))?;
+        for r in scanned.records {
+            if !acked.contains(&r.sequence) {
+                waiting.insert(r.sequence);
+                bytes += u64::from(r.len);
+            }
+        }
+    }
+    Ok((waiting, bytes))
+}
+
+fn segment_path(dir: &Path, first_sequence: u64) -> PathBuf {
+    dir.join(format!("{first_sequence:020}.seg"))
+}
+
+/// Segment ids (first sequence numbers) in `dir`, oldest first.
+fn segment_ids(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A readable record of a segment.
+struct Scanned {
+    sequence: u64,
+    captured_ms: i64,
+    offset: u64,
+    len: u32,
+}
+
+/// A segment's readable records, the length of that clean prefix and the file's length.
+struct ScannedSegment {
+    records: Vec<Scanned>,
+    clean: u64,
+    total: u64,
+}
+
+fn scan_segment(path: &Path) -> Result<ScannedSegment, SpoolError> {
+    let mut data = Vec::new();
+    match File::open(path).and_then(|mut f| f.read_to_end(&mut data)) {
+        Ok(_) => {}
+        // Deleted by its agent since the folder was listed (peek): nothing waits there.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path)(e)),
+    }
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    while let Some((body, next)) = parse_record(&data, offset) {
+        records.push(Scanned {
+            sequence: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
+            captured_ms: i64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
+            offset: offset as u64,
+            len: (next - offset) as u32,
+        });
+        offset = next;
+    }
+    Ok(ScannedSegment {
+        records,
+        clean: offset as u64,
+        total: data.len() as u64,
+    })
 }
 
 /// The record at `offset`: its body and the next record's offset, or `None` when the
@@ -782,6 +859,29 @@ mod tests {
         assert_eq!(s.waiting_from(0).collect::<Vec<_>>(), vec![1]);
         assert_eq!(s.counters().expired, 1);
         assert!(s.oldest_age().unwrap() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn one_process_at_a_time_and_peek_reads_without_touching() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 1 << 20, FullPolicy::Block);
+        let mut s = Spool::open(c.clone()).unwrap();
+        s.append(&frame(1, 10)).unwrap();
+        s.append(&frame(2, 10)).unwrap();
+        s.ack(1).unwrap();
+        let e = Spool::open(c.clone()).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "spool {} is in use by another process",
+                dir.path().display()
+            )
+        );
+        let (waiting, bytes) = peek(dir.path()).unwrap();
+        assert_eq!(waiting.into_iter().collect::<Vec<_>>(), vec![2]);
+        assert!(bytes > 10);
+        drop(s);
+        assert_eq!(Spool::open(c).unwrap().len(), 1);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Summary {
     pub rejected: u64,
     /// Reconnections after a failed or broken stream.
     pub reconnects: u64,
+    /// The disk spool's counters, when store-and-forward is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool::SpoolCounters>,
 }
 
 /// A frame waiting for its acknowledgement.
@@ -56,7 +59,7 @@ struct Pending {
     frame: Frame,
 }
 
-fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -> Frame {
+pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -> Frame {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

@@ -60,6 +60,10 @@ fn agent_config(url: &str, device: &str, start: u64, repeat: usize) -> AgentConf
         start_sequence: Some(start),
         give_up_after_seconds: 60,
         json: false,
+        spool_dir: None,
+        spool_max_bytes: 1 << 30,
+        spool_ttl_seconds: 0,
+        spool_full_policy: visionfleet_edge_agent::spool::FullPolicy::DropOldest,
     }
 }
 

@@ -1,0 +1,190 @@
+//! Store-and-forward with the real agent binary, a real Apache Kafka broker and the real
+//! pod: frames captured while the pod is away are delivered when it comes back, and an
+//! agent killed with SIGKILL again and again loses no frame it stored. Sequence numbers
+//! are given only to stored frames and continue across restarts, so "nothing lost" is
+//! checked exactly: the events in Kafka cover every sequence from the first to the last.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+#[path = "../../inference/tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{config, consumer::consume, Kafka, TestServer};
+use visionfleet_edge_agent::spool::{peek, FullPolicy, Spool, SpoolConfig};
+use visionfleet_proto::event::DetectionEvent;
+
+fn agent(endpoint: &str, device: &str, spool: &Path, count: u64, fps: u32) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_visionfleet-edge-agent"));
+    c.args([
+        "--endpoint",
+        endpoint,
+        "--device-id",
+        device,
+        "--source",
+        "synthetic",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--window",
+        "4",
+        "--start-sequence",
+        "1",
+        "--give-up-after-seconds",
+        "120",
+        "--json",
+    ])
+    .args(["--count", &count.to_string(), "--fps", &fps.to_string()])
+    .arg("--spool-dir")
+    .arg(spool)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Event counts by sequence for one device.
+fn events(bootstrap: &str, topic: &str, device: &str, expect: usize) -> BTreeMap<u64, u32> {
+    let group = format!("check-{device}");
+    let mut out = BTreeMap::new();
+    for r in consume(
+        bootstrap,
+        topic,
+        &group,
+        expect,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    ) {
+        let e: DetectionEvent = serde_json::from_slice(&r.payload).unwrap();
+        if e.device_id == device {
+            *out.entry(e.sequence).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn waiting(dir: &Path) -> BTreeSet<u64> {
+    let spool = Spool::open(SpoolConfig {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 30,
+        ttl: None,
+        policy: FullPolicy::Block,
+        segment_bytes: 64 << 20,
+    })
+    .unwrap();
+    spool.waiting_from(0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_captured_during_an_outage_are_delivered_when_the_pod_returns() {
+    let kafka = Kafka::start(1);
+    let topic = "sf.outage";
+    let spool = tempfile::tempdir().unwrap();
+    // Reserve a port for the pod, which is not there yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = agent(&format!("http://{addr}"), "cam-outage", spool.path(), 8, 10)
+        .spawn()
+        .unwrap();
+    // Capture (0.8 s at 10 fps) goes on into the spool while nothing answers.
+    support::eventually("8 frames in the spool", Duration::from_secs(20), || {
+        (peek(spool.path()).unwrap().0.len() == 8).then_some(())
+    })
+    .await;
+    let server = TestServer::start_on(
+        config(&kafka.bootstrap, topic, &["--models", "coco-yolov5s"]),
+        addr,
+    )
+    .await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["acknowledged"], 8, "{summary}");
+    assert_eq!(summary["spool"]["appended"], 8, "{summary}");
+    assert_eq!(summary["spool"]["acknowledged"], 8, "{summary}");
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    let seen = events(&kafka.bootstrap, topic, "cam-outage", 8);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert!(waiting(spool.path()).is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_again_and_again_loses_nothing_it_stored() {
+    const KILLS: usize = 5;
+    const WINDOW: u32 = 4;
+    let kafka = Kafka::start(1);
+    let topic = "sf.kill";
+    let server = TestServer::start(config(
+        &kafka.bootstrap,
+        topic,
+        &["--models", "coco-yolov5s"],
+    ))
+    .await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut stored = BTreeSet::new();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..KILLS {
+        let mut child = agent(&server.url(), "cam-kill", spool.path(), 1000, 4)
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Somewhere between 0.3 and 1.5 s: mid-capture, mid-send, mid-ack.
+        tokio::time::sleep(Duration::from_millis(300 + seed % 1200)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // What the agent had stored and not yet seen acknowledged must still be there.
+        stored.extend(waiting(spool.path()));
+    }
+    // A last run with nothing new to capture sends what is left and exits.
+    let out = agent(&server.url(), "cam-kill", spool.path(), 0, 4)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(waiting(spool.path()).is_empty());
+
+    let last = *stored.last().expect("frames were stored");
+    let seen = events(&kafka.bootstrap, topic, "cam-kill", last as usize);
+    let missing: Vec<u64> = stored
+        .iter()
+        .filter(|s| !seen.contains_key(s))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "stored frames without an event: {missing:?}"
+    );
+    // Numbering is gap-free across restarts, so every stored frame is accounted for.
+    let max = *seen.keys().last().unwrap();
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=max).collect::<Vec<_>>()
+    );
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= WINDOW * KILLS as u32,
+        "{duplicates} duplicates after {KILLS} kills with a window of {WINDOW}"
+    );
+    server.stop().await.unwrap();
+}
