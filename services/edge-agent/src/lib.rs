@@ -37,23 +37,12 @@ pub async fn run_with_source(
     // Capture runs on a blocking thread (file reads, JPEG encoding) and hands frames over
     // through a small channel; fps pacing happens there.
     let (tx, rx) = mpsc::channel(2);
-    let interval = (config.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / config.fps));
-    let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut next = std::time::Instant::now();
-        while let Some(item) = source.next_image() {
-            let (image, _path) = item?;
-            if let Some(every) = interval {
-                let now = std::time::Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-                next += every;
-            }
-            if tx.blocking_send(image).is_err() {
-                break; // uplink finished early (stop requested)
-            }
-        }
-        Ok(())
+    let fps = config.fps;
+    let capture = tokio::task::spawn_blocking(move || {
+        // Stops early when the uplink finished (stop requested).
+        capture_loop(source.as_mut(), fps, |image| {
+            Ok(tx.blocking_send(image).is_ok())
+        })
     });
     let summary = uplink::run(&uplink, rx, stop).await?;
     capture.await??;
@@ -75,31 +64,43 @@ async fn run_spooled(
     }
     let shared = spooled::SharedSpool::new(opened);
     let (done_tx, done) = watch::channel(false);
-    let interval = (config.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / config.fps));
+    let fps = config.fps;
     let (capture_spool, capture_cfg, capture_stop) = (shared.clone(), uplink.clone(), stop.clone());
-    let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut next = std::time::Instant::now();
-        let result = (|| {
-            while let Some(item) = source.next_image() {
-                if *capture_stop.borrow() {
-                    break;
-                }
-                let (image, _path) = item?;
-                if let Some(every) = interval {
-                    let now = std::time::Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    }
-                    next += every;
-                }
-                capture_spool.store(&capture_cfg, image, &capture_stop)?;
-            }
-            Ok(())
-        })();
+    let capture = tokio::task::spawn_blocking(move || {
+        let result = capture_loop(source.as_mut(), fps, |image| {
+            capture_spool.store(&capture_cfg, image, &capture_stop)?;
+            Ok(!*capture_stop.borrow())
+        });
         let _ = done_tx.send(true);
         result
     });
     let summary = spooled::run(&uplink, shared, done, stop).await?;
     capture.await??;
     Ok(summary)
+}
+
+/// Takes images from `source` at most `fps` per second (0: as fast as it gives them) and
+/// hands each to `handle`, until the source ends or `handle` returns `false`. Runs on a
+/// blocking thread: sources read files and encode JPEGs.
+fn capture_loop(
+    source: &mut dyn FrameSource,
+    fps: f64,
+    mut handle: impl FnMut(source::EncodedImage) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let interval = (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps));
+    let mut next = std::time::Instant::now();
+    while let Some(item) = source.next_image() {
+        let (image, _path) = item?;
+        if let Some(every) = interval {
+            let now = std::time::Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next += every;
+        }
+        if !handle(image)? {
+            break;
+        }
+    }
+    Ok(())
 }

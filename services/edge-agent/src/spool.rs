@@ -676,7 +676,11 @@ mod tests {
         Frame {
             device_id: "cam-1".into(),
             sequence,
-            captured_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            // Now, with fixed nanoseconds: every record of a size has the same length.
+            captured_at: Some(prost_types::Timestamp {
+                seconds: now_ms() / 1000,
+                nanos: 123_456_789,
+            }),
             image: Some(Image::Jpeg(vec![sequence as u8; size])),
             ..Default::default()
         }

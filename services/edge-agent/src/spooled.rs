@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
-use visionfleet_proto::v1::ingest_client::IngestClient;
 use visionfleet_proto::v1::{AckStatus, Frame};
 
 use crate::source::EncodedImage;
 use crate::spool::{Appended, Spool};
-use crate::uplink::{backoff, to_frame, Summary, UplinkConfig};
+use crate::uplink::{backoff, connect, to_frame, Summary, UplinkConfig};
 
 /// The spool shared by capture and uplink, and the signal that it has new frames.
 #[derive(Clone)]
@@ -148,15 +146,7 @@ async fn stream_once(
     sent_before: &mut BTreeSet<u64>,
     summary: &mut Summary,
 ) -> anyhow::Result<bool> {
-    let channel = Endpoint::from_shared(cfg.endpoint.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
-    let mut client = IngestClient::new(channel)
-        .max_encoding_message_size(cfg.max_message_bytes)
-        .max_decoding_message_size(cfg.max_message_bytes);
+    let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<Frame>(cfg.window.max(1));
     let mut acks = client
         .stream_frames(ReceiverStream::new(rx))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use visionfleet_proto::v1::ingest_client::IngestClient;
 use visionfleet_proto::v1::{frame::Image, AckStatus, Frame, FrameAck};
 
@@ -91,6 +91,20 @@ pub fn backoff(n: u32) -> Duration {
     base + base.mul_f64(f64::from(nanos % 500) / 1000.0)
 }
 
+/// Connects to the pod: a short connect timeout (the caller retries with back-off) and
+/// HTTP/2 keepalive so a dead link is noticed while idle.
+pub(crate) async fn connect(cfg: &UplinkConfig) -> anyhow::Result<IngestClient<Channel>> {
+    let channel = Endpoint::from_shared(cfg.endpoint.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    Ok(IngestClient::new(channel)
+        .max_encoding_message_size(cfg.max_message_bytes)
+        .max_decoding_message_size(cfg.max_message_bytes))
+}
+
 /// Streams frames from `images` until it is closed and every frame is acknowledged, or
 /// until `stop` fires (then pending frames are waited for no longer).
 pub async fn run(
@@ -167,15 +181,7 @@ async fn stream_once(
     source_done: &mut bool,
     summary: &mut Summary,
 ) -> anyhow::Result<bool> {
-    let channel = Endpoint::from_shared(cfg.endpoint.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
-    let mut client = IngestClient::new(channel)
-        .max_encoding_message_size(cfg.max_message_bytes)
-        .max_decoding_message_size(cfg.max_message_bytes);
+    let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<Frame>(cfg.window.max(1));
     // Resend what the last connection left unacknowledged, oldest first. The window bounds
     // `pending`, so these fit in the channel without waiting.
