@@ -38,10 +38,10 @@ if ! wait_http "http://$HTTP/readyz" 120; then
   exit 1
 fi
 
-echo "demo: streaming models/samples ($REPEAT rounds) through the edge agent"
+echo "demo: streaming models/samples ($REPEAT rounds) through the edge agent (store-and-forward spool in $STATE/spool)"
 "$BIN/visionfleet-edge-agent" --endpoint "http://$GRPC" --device-id demo-camera-1 \
   --source folder --path models/samples --repeat "$REPEAT" --attribute line=demo,station=1 \
-  --json >"$STATE/agent.json" 2>"$STATE/agent.log"
+  --spool-dir "$STATE/spool" --json >"$STATE/agent.json" 2>"$STATE/agent.log"
 read -r SENT ACKED < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["captured"], s["acknowledged"])' "$STATE/agent.json")
 
 echo "demo: reading the events back from Kafka topic $TOPIC"
