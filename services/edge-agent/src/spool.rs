@@ -195,8 +195,12 @@ impl Spool {
             _lock: lock,
             cfg,
         };
+        // Acks of frames in each segment: what the rewritten ack log keeps (those of
+        // segments deleted below are dropped with them).
+        let mut handled: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for id in segment_ids(&spool.cfg.dir)? {
-            spool.recover_segment(id, &acked)?;
+            let h = spool.recover_segment(id, &acked)?;
+            handled.insert(id, h);
         }
         // Forget fully handled segments, keeping the newest for its sequence numbers.
         spool.delete_finished_segments()?;
@@ -208,17 +212,29 @@ impl Spool {
             spool.active = Some(f);
             spool.last_sequence = Some(spool.last_sequence.unwrap_or(id).max(id));
         }
-        spool.compact_acks()?;
+        // The ack log is rewritten whole at every open, so a torn last entry cannot
+        // misalign later ones; the segments were just scanned, so no second read.
+        let live: Vec<u64> = handled
+            .into_iter()
+            .filter(|(id, _)| spool.segments.contains_key(id))
+            .flat_map(|(_, h)| h)
+            .collect();
+        spool.write_acks(&live)?;
         Ok(spool)
     }
 
-    fn recover_segment(&mut self, id: u64, acked: &BTreeSet<u64>) -> Result<(), SpoolError> {
+    /// Loads one segment, cutting off a torn tail; returns the sequences in it that are
+    /// already handled (acknowledged or dropped).
+    fn recover_segment(&mut self, id: u64, acked: &BTreeSet<u64>) -> Result<Vec<u64>, SpoolError> {
         let path = segment_path(&self.cfg.dir, id);
         let scanned = scan_segment(&path)?;
         let mut waiting = 0;
+        let mut handled = Vec::new();
         for r in &scanned.records {
             self.last_sequence = Some(self.last_sequence.map_or(r.sequence, |s| s.max(r.sequence)));
-            if !acked.contains(&r.sequence) {
+            if acked.contains(&r.sequence) {
+                handled.push(r.sequence);
+            } else {
                 self.waiting.insert(
                     r.sequence,
                     Loc {
@@ -256,7 +272,7 @@ impl Spool {
                 waiting,
             },
         );
-        Ok(())
+        Ok(handled)
     }
 
     /// The sequence number to give the next frame: one past the last ever spooled, and at
@@ -452,9 +468,14 @@ impl Spool {
     /// segments), atomically.
     fn compact_acks(&mut self) -> Result<(), SpoolError> {
         let live = self.live_handled_sequences()?;
+        self.write_acks(&live)
+    }
+
+    /// Replaces acks.log with `live`, atomically.
+    fn write_acks(&mut self, live: &[u64]) -> Result<(), SpoolError> {
         let tmp = self.cfg.dir.join("acks.log.tmp");
         let mut buf = Vec::with_capacity(live.len() * 8);
-        for s in &live {
+        for s in live {
             buf.extend_from_slice(&s.to_le_bytes());
         }
         std::fs::write(&tmp, &buf)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,7 +15,7 @@ use visionfleet_proto::v1::{AckStatus, Frame};
 
 use crate::source::EncodedImage;
 use crate::spool::{Appended, Spool};
-use crate::uplink::{backoff, connect, to_frame, Summary, UplinkConfig};
+use crate::uplink::{connect, now_timestamp, to_frame, Reconnect, Summary, UplinkConfig};
 
 /// The spool shared by capture and uplink, and the signal that it has new frames.
 #[derive(Clone)]
@@ -48,19 +48,16 @@ impl SharedSpool {
         image: EncodedImage,
         stop: &watch::Receiver<bool>,
     ) -> anyhow::Result<Appended> {
-        let mut image = Some(image);
+        // Numbered and stamped at each attempt, so that only stored frames take sequence
+        // numbers.
+        let mut frame = to_frame(cfg, 0, image);
         loop {
             let mut spool = self.lock();
-            let sequence = spool.next_sequence(cfg.start_sequence);
-            let frame = to_frame(cfg, sequence, image.take().expect("put back on retry"));
+            frame.sequence = spool.next_sequence(cfg.start_sequence);
+            frame.captured_at = Some(now_timestamp());
             match spool.append(&frame)? {
                 Appended::Full if !*stop.borrow() => {
                     drop(spool);
-                    image = Some(match frame.image {
-                        Some(visionfleet_proto::v1::frame::Image::Png(b)) => EncodedImage::Png(b),
-                        Some(visionfleet_proto::v1::frame::Image::Jpeg(b)) => EncodedImage::Jpeg(b),
-                        _ => unreachable!("to_frame makes JPEG or PNG frames"),
-                    });
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 outcome => {
@@ -85,13 +82,12 @@ pub async fn run(
     // Frames sent at least once by this process: sending one again is a resend. Frames
     // found in the spool at start were (probably) sent by the previous run.
     let mut sent_before: BTreeSet<u64> = spool.lock().waiting_from(0).collect();
-    let mut failures = 0u32;
-    let mut last_good = Instant::now();
+    let mut reconnect = Reconnect::new();
     loop {
         if finished(&spool, &capture_done) || *stop.borrow() {
             break;
         }
-        let result = stream_once(
+        let ended = stream_once(
             cfg,
             &spool,
             &mut capture_done,
@@ -100,32 +96,15 @@ pub async fn run(
             &mut summary,
         )
         .await;
-        match result {
-            Ok(true) => {
-                failures = 0;
-                last_good = Instant::now();
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, endpoint = %cfg.endpoint, "uplink failed"),
-        }
+        reconnect.ended(cfg, ended);
         if finished(&spool, &capture_done) || *stop.borrow() {
             break;
         }
-        if last_good.elapsed() > cfg.give_up_after {
-            anyhow::bail!(
-                "no working connection to {} for {:?}; {} frames stay in the spool",
-                cfg.endpoint,
-                cfg.give_up_after,
-                spool.lock().len()
-            );
-        }
-        summary.reconnects += 1;
-        let wait = backoff(failures);
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
-        }
+        reconnect
+            .pause(cfg, &mut stop, &mut summary, || {
+                format!("{} frames stay in the spool", spool.lock().len())
+            })
+            .await?;
     }
     let s = spool.lock();
     summary.captured = s.counters().appended;

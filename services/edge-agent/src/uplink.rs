@@ -59,17 +59,22 @@ struct Pending {
     frame: Frame,
 }
 
-pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -> Frame {
+/// The current time as a protobuf timestamp.
+pub(crate) fn now_timestamp() -> prost_types::Timestamp {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
+    }
+}
+
+pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -> Frame {
     Frame {
         device_id: cfg.device_id.clone(),
         sequence,
-        captured_at: Some(prost_types::Timestamp {
-            seconds: now.as_secs() as i64,
-            nanos: now.subsec_nanos() as i32,
-        }),
+        captured_at: Some(now_timestamp()),
         image: Some(match image {
             EncodedImage::Jpeg(b) => Image::Jpeg(b),
             EncodedImage::Png(b) => Image::Png(b),
@@ -89,6 +94,63 @@ pub fn backoff(n: u32) -> Duration {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     base + base.mul_f64(f64::from(nanos % 500) / 1000.0)
+}
+
+/// Reconnection bookkeeping shared by both uplinks: the back-off restarts after a
+/// connection that got acknowledgements, and the uplink gives up after `give_up_after`
+/// without one.
+pub(crate) struct Reconnect {
+    failures: u32,
+    last_good: Instant,
+}
+
+impl Reconnect {
+    pub(crate) fn new() -> Self {
+        Self {
+            failures: 0,
+            last_good: Instant::now(),
+        }
+    }
+
+    /// Records how a connection ended: `Ok(progress)` or the error that broke it.
+    pub(crate) fn ended(&mut self, cfg: &UplinkConfig, result: anyhow::Result<bool>) {
+        match result {
+            Ok(true) => {
+                self.failures = 0;
+                self.last_good = Instant::now();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, endpoint = %cfg.endpoint, "uplink failed"),
+        }
+    }
+
+    /// Waits out the back-off (or until `stop` changes) before the next attempt, counting
+    /// the reconnect; fails when there has been no working connection for too long,
+    /// saying what is `left` undelivered.
+    pub(crate) async fn pause(
+        &mut self,
+        cfg: &UplinkConfig,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        summary: &mut Summary,
+        left: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        if self.last_good.elapsed() > cfg.give_up_after {
+            anyhow::bail!(
+                "no working connection to {} for {:?}; {}",
+                cfg.endpoint,
+                cfg.give_up_after,
+                left()
+            );
+        }
+        summary.reconnects += 1;
+        let wait = backoff(self.failures);
+        self.failures += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        Ok(())
+    }
 }
 
 /// Connects to the pod: a short connect timeout (the caller retries with back-off) and
@@ -116,8 +178,7 @@ pub async fn run(
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut next_sequence = cfg.start_sequence;
     let mut source_done = false;
-    let mut failures = 0u32;
-    let mut last_good = Instant::now();
+    let mut reconnect = Reconnect::new();
 
     loop {
         if source_done && pending.is_empty() {
@@ -130,7 +191,7 @@ pub async fn run(
             );
             return Ok(summary);
         }
-        match stream_once(
+        let ended = stream_once(
             cfg,
             &mut images,
             &mut stop,
@@ -139,34 +200,16 @@ pub async fn run(
             &mut source_done,
             &mut summary,
         )
-        .await
-        {
-            Ok(progress) => {
-                if progress {
-                    failures = 0;
-                    last_good = Instant::now();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, endpoint = %cfg.endpoint, "uplink failed"),
-        }
+        .await;
+        reconnect.ended(cfg, ended);
         if source_done && pending.is_empty() {
             return Ok(summary);
         }
-        if last_good.elapsed() > cfg.give_up_after {
-            anyhow::bail!(
-                "no working connection to {} for {:?}; {} frames unacknowledged",
-                cfg.endpoint,
-                cfg.give_up_after,
-                pending.len()
-            );
-        }
-        summary.reconnects += 1;
-        let wait = backoff(failures);
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
-        }
+        reconnect
+            .pause(cfg, &mut stop, &mut summary, || {
+                format!("{} frames unacknowledged", pending.len())
+            })
+            .await?;
     }
 }
 
