@@ -226,7 +226,7 @@ async fn schedule(args: FleetArgs, devices: Vec<mpsc::Sender<Tick>>, until: Inst
             let mut i = 0;
             while Instant::now() < until {
                 every.tick().await;
-                offer(&devices[i % n], None);
+                offer(&devices[i % n]);
                 i += 1;
             }
         }
@@ -260,7 +260,7 @@ async fn schedule(args: FleetArgs, devices: Vec<mpsc::Sender<Tick>>, until: Inst
                     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                     while Instant::now() < until {
                         every.tick().await;
-                        offer(&tx, None);
+                        offer(&tx);
                     }
                 }
             });
@@ -271,8 +271,8 @@ async fn schedule(args: FleetArgs, devices: Vec<mpsc::Sender<Tick>>, until: Inst
 
 /// Hands a tick to a device without waiting: a device that has not taken its previous
 /// ticks is as pushed back as one with a full window.
-fn offer(tx: &mpsc::Sender<Tick>, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-    let _ = tx.try_send(Tick { permit });
+fn offer(tx: &mpsc::Sender<Tick>) {
+    let _ = tx.try_send(Tick { permit: None });
 }
 
 fn progress_bar(seconds: u64) -> ProgressBar {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::consumer::consume;
@@ -13,17 +13,10 @@ use support::{config, models_dir, Kafka, TestServer};
 use tokio_stream::wrappers::ReceiverStream;
 use visionfleet_proto::event::DetectionEvent;
 use visionfleet_proto::v1::ingest_client::IngestClient;
-use visionfleet_proto::v1::{frame::Image, AckStatus, Frame};
+use visionfleet_proto::v1::{AckStatus, Frame};
 
 fn frame(sequence: u64, jpeg: &[u8]) -> Frame {
-    Frame {
-        device_id: "cam-outage".into(),
-        sequence,
-        captured_at: None,
-        image: Some(Image::Jpeg(jpeg.to_vec())),
-        attributes: HashMap::new(),
-        model: String::new(),
-    }
+    support::jpeg_frame("cam-outage", sequence, jpeg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

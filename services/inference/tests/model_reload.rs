@@ -6,24 +6,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::{config, eventually_async, http_get, models_dir, Kafka, TestServer};
 use tokio_stream::wrappers::ReceiverStream;
 use visionfleet_detector::Manifest;
 use visionfleet_proto::v1::ingest_client::IngestClient;
-use visionfleet_proto::v1::{frame::Image, AckStatus, Frame};
+use visionfleet_proto::v1::{AckStatus, Frame};
 
 fn frame(sequence: u64, jpeg: &[u8]) -> Frame {
-    Frame {
-        device_id: "cam-reload".into(),
-        sequence,
-        captured_at: None,
-        image: Some(Image::Jpeg(jpeg.to_vec())),
-        attributes: HashMap::new(),
-        model: String::new(),
-    }
+    support::jpeg_frame("cam-reload", sequence, jpeg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use support::{config, eventually_async, http_get, models_dir, Kafka, TestServer}
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use visionfleet_proto::v1::ingest_client::IngestClient;
-use visionfleet_proto::v1::{frame::Image, AckStatus, Frame};
+use visionfleet_proto::v1::{AckStatus, Frame};
 
 fn shared_kafka() -> &'static Kafka {
     static KAFKA: OnceLock<Kafka> = OnceLock::new();
@@ -21,16 +20,8 @@ fn shared_kafka() -> &'static Kafka {
 }
 
 fn bus_frame(device: &str, sequence: u64) -> Frame {
-    Frame {
-        device_id: device.into(),
-        sequence,
-        captured_at: None,
-        image: Some(Image::Jpeg(
-            std::fs::read(models_dir().join("samples/bus.jpg")).unwrap(),
-        )),
-        attributes: HashMap::new(),
-        model: String::new(),
-    }
+    let jpeg = std::fs::read(models_dir().join("samples/bus.jpg")).unwrap();
+    support::jpeg_frame(device, sequence, &jpeg)
 }
 
 /// The value of an unlabelled (or fully labelled) sample in a Prometheus scrape.

@@ -26,6 +26,18 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A JPEG frame from `device` with the server's default model and no attributes.
+pub fn jpeg_frame(device: &str, sequence: u64, jpeg: &[u8]) -> visionfleet_proto::v1::Frame {
+    visionfleet_proto::v1::Frame {
+        device_id: device.into(),
+        sequence,
+        captured_at: None,
+        image: Some(visionfleet_proto::v1::frame::Image::Jpeg(jpeg.to_vec())),
+        attributes: std::collections::HashMap::new(),
+        model: String::new(),
+    }
+}
+
 /// The model store `make models` fills.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("VF_MODELS_DIR")
