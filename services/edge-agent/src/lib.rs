@@ -1,21 +1,34 @@
-//! The VisionFleet edge agent: takes frames from a source (image folder, synthetic
-//! generator), numbers them per device and streams them to an inference pod, keeping each
-//! frame until the pod acknowledges that its detection event is in Kafka.
+//! The VisionFleet edge agent: takes frames from a source (image folder, watched folder,
+//! MJPEG file, V4L2 camera, synthetic generator), shapes them (resize, re-encode, motion
+//! gating), numbers them per device and streams them to an inference pod, keeping each
+//! frame (on disk, with store-and-forward) until the pod acknowledges that its detection
+//! event is in Kafka.
 
 pub mod config;
+mod config_file;
+pub mod http;
+pub mod lanes;
+pub mod metrics;
+pub mod priority;
+pub mod shaping;
 pub mod source;
 pub mod spool;
 pub mod spooled;
+pub mod status;
+pub mod transport;
 pub mod uplink;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 pub use config::AgentConfig;
 pub use uplink::Summary;
 
-use source::FrameSource;
+use metrics::{AgentMetrics, CaptureDrop};
+use shaping::{Shaped, Shaper};
+use source::{Captured, FrameSource, Next};
 
 /// Runs the agent until the source is finished and every frame is acknowledged, or until
 /// `stop` becomes true.
@@ -27,24 +40,58 @@ pub async fn run(config: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Re
 /// Like [`run`] with an explicit source.
 pub async fn run_with_source(
     config: AgentConfig,
-    mut source: Box<dyn FrameSource>,
+    source: Box<dyn FrameSource>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Summary> {
-    if let Some(spool_cfg) = config.spool() {
-        return run_spooled(config, spool_cfg, source, stop).await;
+    let metrics = Arc::new(AgentMetrics::new());
+    let uplink = config.uplink()?;
+    let capture = Capture {
+        source,
+        fps: config.fps,
+        shaper: Shaper::new(config.shaping()),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
+    let spool = match config.spool() {
+        Some(spool_cfg) => {
+            let lanes = lanes::Lanes::open(spool_cfg, config.urgent_share)?;
+            if !lanes.is_empty() {
+                tracing::info!(frames = lanes.len(), "spool: resuming with stored frames");
+            }
+            Some(spooled::SharedSpool::new(lanes, config.priority()))
+        }
+        None => None,
+    };
+    if let Some(addr) = config.http_addr {
+        let state = http::AgentState {
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            device_id: config.device_id.clone(),
+            endpoints: config.endpoint.clone(),
+        };
+        let bound = http::serve(addr, state).await?;
+        tracing::info!(%bound, "agent HTTP: /metrics /status /trigger");
     }
-    let uplink = config.uplink();
-    // Capture runs on a blocking thread (file reads, JPEG encoding) and hands frames over
-    // through a small channel; fps pacing happens there.
+    match spool {
+        Some(shared) => run_spooled(&uplink, shared, capture, stop, metrics).await,
+        None => run_direct(&uplink, capture, stop, metrics).await,
+    }
+}
+
+/// Without a spool: capture hands frames to the uplink through a small channel; the
+/// uplink keeps them in memory until acknowledged.
+async fn run_direct(
+    uplink: &uplink::UplinkConfig,
+    mut capture: Capture,
+    stop: watch::Receiver<bool>,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<Summary> {
     let (tx, rx) = mpsc::channel(2);
-    let fps = config.fps;
     let capture = tokio::task::spawn_blocking(move || {
         // Stops early when the uplink finished (stop requested).
-        capture_loop(source.as_mut(), fps, |image| {
-            Ok(tx.blocking_send(image).is_ok())
-        })
+        capture.run(|image| Ok(tx.blocking_send(image).is_ok()))
     });
-    let summary = uplink::run(&uplink, rx, stop).await?;
+    let summary = uplink::run(uplink, rx, stop, metrics).await?;
     capture.await??;
     Ok(summary)
 }
@@ -52,55 +99,78 @@ pub async fn run_with_source(
 /// Store-and-forward: capture appends to the disk spool on its own thread, whatever the
 /// uplink's state; the uplink sends from the spool.
 async fn run_spooled(
-    config: AgentConfig,
-    spool_cfg: spool::SpoolConfig,
-    mut source: Box<dyn FrameSource>,
+    uplink: &uplink::UplinkConfig,
+    shared: spooled::SharedSpool,
+    mut capture: Capture,
     stop: watch::Receiver<bool>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<Summary> {
-    let uplink = config.uplink();
-    let opened = spool::Spool::open(spool_cfg)?;
-    if !opened.is_empty() {
-        tracing::info!(frames = opened.len(), "spool: resuming with stored frames");
-    }
-    let shared = spooled::SharedSpool::new(opened);
     let (done_tx, done) = watch::channel(false);
-    let fps = config.fps;
     let (capture_spool, capture_cfg, capture_stop) = (shared.clone(), uplink.clone(), stop.clone());
+    let capture_metrics = metrics.clone();
     let capture = tokio::task::spawn_blocking(move || {
-        let result = capture_loop(source.as_mut(), fps, |image| {
-            capture_spool.store(&capture_cfg, image, &capture_stop)?;
+        let result = capture.run(|image| {
+            capture_spool.store(&capture_cfg, image, &capture_stop, &capture_metrics)?;
             Ok(!*capture_stop.borrow())
         });
         let _ = done_tx.send(true);
         result
     });
-    let summary = spooled::run(&uplink, shared, done, stop).await?;
+    let summary = spooled::run(uplink, shared, done, stop, metrics).await?;
     capture.await??;
     Ok(summary)
 }
 
-/// Takes images from `source` at most `fps` per second (0: as fast as it gives them) and
-/// hands each to `handle`, until the source ends or `handle` returns `false`. Runs on a
-/// blocking thread: sources read files and encode JPEGs.
-fn capture_loop(
-    source: &mut dyn FrameSource,
+/// The capture side: source, pacing, shaping.
+struct Capture {
+    source: Box<dyn FrameSource>,
     fps: f64,
-    mut handle: impl FnMut(source::EncodedImage) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let interval = (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps));
-    let mut next = std::time::Instant::now();
-    while let Some(item) = source.next_image() {
-        let (image, _path) = item?;
-        if let Some(every) = interval {
-            let now = std::time::Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+    shaper: Shaper,
+    metrics: Arc<AgentMetrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Capture {
+    /// Takes images from the source at most `fps` per second (0: as fast as it gives
+    /// them), shapes them and hands each kept one to `handle`, until the source ends,
+    /// `stop` is set or `handle` returns `false`. Runs on a blocking thread: sources read
+    /// files and encode JPEGs.
+    fn run(
+        &mut self,
+        mut handle: impl FnMut(Captured) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let interval = (self.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / self.fps));
+        let mut next = Instant::now();
+        while !*self.stop.borrow() {
+            let captured = match self.source.next()? {
+                Next::Frame(c) => c,
+                Next::Idle => continue,
+                Next::Finished => break,
+            };
+            if let Some(every) = interval {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                // A source that fell behind (a slow disk) does not burst to catch up.
+                next = next.max(now.checked_sub(every).unwrap_or(now)) + every;
             }
-            next += every;
+            let kept = match self.shaper.shape(captured) {
+                Ok(Shaped::Keep(c)) => c,
+                Ok(Shaped::Still) => {
+                    self.metrics.dropped(CaptureDrop::Still);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "frame dropped");
+                    self.metrics.dropped(CaptureDrop::Undecodable);
+                    continue;
+                }
+            };
+            if !handle(kept)? {
+                break;
+            }
         }
-        if !handle(image)? {
-            break;
-        }
+        Ok(())
     }
-    Ok(())
 }

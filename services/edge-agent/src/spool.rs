@@ -283,6 +283,13 @@ impl Spool {
 
     /// Appends a frame and syncs it to disk before returning [`Appended::Stored`].
     pub fn append(&mut self, frame: &Frame) -> Result<Appended, SpoolError> {
+        self.append_within(frame, self.cfg.max_bytes)
+    }
+
+    /// Like [`Spool::append`], with the full policy applied at `budget` bytes (at most the
+    /// configured budget): the priority lanes lend and borrow room between them.
+    pub fn append_within(&mut self, frame: &Frame, budget: u64) -> Result<Appended, SpoolError> {
+        let budget = budget.min(self.cfg.max_bytes);
         let mut body = Vec::with_capacity(BODY_PREFIX + frame.encoded_len());
         body.extend_from_slice(&frame.sequence.to_le_bytes());
         let captured_ms = frame.captured_at.as_ref().map_or_else(now_ms, |t| {
@@ -300,7 +307,7 @@ impl Spool {
         if let Some(ttl) = self.cfg.ttl {
             self.expire(ttl)?;
         }
-        while self.disk_bytes() + size > self.cfg.max_bytes {
+        while self.disk_bytes() + size > budget {
             match self.cfg.policy {
                 FullPolicy::DropNewest => {
                     self.counters.dropped_newest += 1;
@@ -313,7 +320,10 @@ impl Spool {
                         // a new one so the old one can go.
                         self.roll(frame.sequence)?;
                         if !self.drop_oldest_segment()? {
-                            break;
+                            // Nothing of this lane is left to drop: the room went to
+                            // the other lane.
+                            self.counters.dropped_newest += 1;
+                            return Ok(Appended::DroppedNewest);
                         }
                     }
                 }
@@ -403,6 +413,25 @@ impl Spool {
         }
         self.delete_finished_segments()?;
         Ok(true)
+    }
+
+    /// Drops the oldest waiting frames, a segment at a time, until the segments take at
+    /// most `max_disk` bytes (or nothing is left to drop). Counted as dropped-oldest.
+    pub fn shrink_to(&mut self, max_disk: u64) -> Result<(), SpoolError> {
+        while self.disk_bytes() > max_disk {
+            if self.drop_oldest_segment()? {
+                continue;
+            }
+            // Only the newest segment is left: start a new one so that it can go.
+            match self.last_sequence {
+                Some(last) if !self.is_empty() => self.roll(last + 1)?,
+                _ => break,
+            }
+            if !self.drop_oldest_segment()? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Drops frames captured longer than `ttl` ago.
@@ -580,6 +609,11 @@ pub fn peek(dir: &Path) -> Result<(BTreeSet<u64>, u64), SpoolError> {
         }
     }
     Ok((waiting, bytes))
+}
+
+/// Bytes that `frame` takes in a segment.
+pub fn record_size(frame: &Frame) -> u64 {
+    HEADER + (BODY_PREFIX + frame.encoded_len()) as u64
 }
 
 fn segment_path(dir: &Path, first_sequence: u64) -> PathBuf {

@@ -3,9 +3,10 @@
 //! one `StreamFrames` stream with a bounded window. A frame leaves the spool only when its
 //! acknowledgement arrives, so a crash, a reboot or an outage loses nothing that was
 //! stored; after a reconnect or restart, frames whose acks were not seen are sent again
-//! with the same sequence number (the pod's event id), counted as resends.
+//! with the same sequence number (the pod's event id), counted as resends. Urgent frames
+//! (see [`crate::priority`]) wait in their own lane and go out before routine ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,49 +14,72 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use visionfleet_proto::v1::{AckStatus, Frame};
 
-use crate::source::EncodedImage;
-use crate::spool::{Appended, Spool};
-use crate::uplink::{connect, now_timestamp, to_frame, Reconnect, Summary, UplinkConfig};
+use crate::lanes::{Lane, Lanes};
+use crate::metrics::{AgentMetrics, UplinkState};
+use crate::priority::{Priority, PRIORITY_ATTRIBUTE};
+use crate::source::Captured;
+use crate::spool::Appended;
+use crate::transport::Client;
+use crate::uplink::{now_timestamp, to_frame, Reconnect, Summary, UplinkConfig};
 
-/// The spool shared by capture and uplink, and the signal that it has new frames.
+/// The spool lanes shared by capture and uplink, the signal that they have new frames,
+/// and the priority rules (fed by acknowledgements).
 #[derive(Clone)]
 pub struct SharedSpool {
-    spool: Arc<Mutex<Spool>>,
+    lanes: Arc<Mutex<Lanes>>,
     added: Arc<Notify>,
+    priority: Arc<Priority>,
 }
 
 impl SharedSpool {
-    /// Shares an open spool.
-    pub fn new(spool: Spool) -> Self {
+    /// Shares open lanes.
+    pub fn new(lanes: Lanes, priority: Arc<Priority>) -> Self {
         Self {
-            spool: Arc::new(Mutex::new(spool)),
+            lanes: Arc::new(Mutex::new(lanes)),
             added: Arc::new(Notify::new()),
+            priority,
         }
     }
 
-    /// Locks the spool (a poisoned lock still holds a consistent spool: every operation
+    /// Locks the lanes (a poisoned lock still holds a consistent spool: every operation
     /// updates memory only after its disk write succeeded).
-    pub fn lock(&self) -> MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Capture side: numbers the image, stores it and wakes the uplink. With the block
-    /// policy it waits (on this blocking thread) until acknowledgements free room, unless
-    /// `stop` is set. Returns the frame's fate.
+    /// The priority rules (for the trigger endpoint).
+    pub fn priority(&self) -> &Arc<Priority> {
+        &self.priority
+    }
+
+    /// Capture side: picks the lane, numbers the image, stores it and wakes the uplink.
+    /// With the block policy it waits (on this blocking thread) until acknowledgements
+    /// free room, unless `stop` is set. Returns the lane and the frame's fate.
     pub fn store(
         &self,
         cfg: &UplinkConfig,
-        image: EncodedImage,
+        captured: Captured,
         stop: &watch::Receiver<bool>,
-    ) -> anyhow::Result<Appended> {
+        metrics: &AgentMetrics,
+    ) -> anyhow::Result<(Lane, Appended)> {
+        let mut frame = to_frame(cfg, 0, captured);
+        let lane = self.priority.lane_for(&frame.attributes);
+        if lane == Lane::Urgent {
+            frame
+                .attributes
+                .insert(PRIORITY_ATTRIBUTE.into(), lane.name().into());
+        }
         // Numbered and stamped at each attempt, so that only stored frames take sequence
         // numbers.
-        let mut frame = to_frame(cfg, 0, image);
         loop {
             let mut spool = self.lock();
             frame.sequence = spool.next_sequence(cfg.start_sequence);
             frame.captured_at = Some(now_timestamp());
-            match spool.append(&frame)? {
+            let appended = spool.append(lane, &frame)?;
+            if appended == Appended::Stored {
+                metrics.captured();
+            }
+            match appended {
                 Appended::Full if !*stop.borrow() => {
                     drop(spool);
                     std::thread::sleep(Duration::from_millis(50));
@@ -63,7 +87,7 @@ impl SharedSpool {
                 outcome => {
                     drop(spool);
                     self.added.notify_one();
-                    return Ok(outcome);
+                    return Ok((lane, outcome));
                 }
             }
         }
@@ -71,44 +95,54 @@ impl SharedSpool {
 }
 
 /// Sends what the spool holds until capture is done (`capture_done`) and the spool is
-/// empty, or until `stop`.
+/// empty, or until `stop`. Counts go to `metrics`.
 pub async fn run(
     cfg: &UplinkConfig,
     spool: SharedSpool,
     mut capture_done: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<Summary> {
-    let mut summary = Summary::default();
+    let m = metrics.as_ref();
     // Frames sent at least once by this process: sending one again is a resend. Frames
     // found in the spool at start were (probably) sent by the previous run.
-    let mut sent_before: BTreeSet<u64> = spool.lock().waiting_from(0).collect();
+    let mut sent_before: BTreeSet<u64> = spool.lock().waiting();
     let mut reconnect = Reconnect::new();
     loop {
         if finished(&spool, &capture_done) || *stop.borrow() {
             break;
         }
-        let ended = stream_once(
-            cfg,
-            &spool,
-            &mut capture_done,
-            &mut stop,
-            &mut sent_before,
-            &mut summary,
-        )
+        let ended = async {
+            let client = reconnect.connect(cfg, m).await?;
+            stream_once(
+                cfg,
+                client,
+                &spool,
+                &mut capture_done,
+                &mut stop,
+                &mut sent_before,
+                m,
+            )
+            .await
+        }
         .await;
         reconnect.ended(cfg, ended);
         if finished(&spool, &capture_done) || *stop.borrow() {
             break;
         }
         reconnect
-            .pause(cfg, &mut stop, &mut summary, || {
+            .pause(cfg, &mut stop, m, || {
                 format!("{} frames stay in the spool", spool.lock().len())
             })
             .await?;
     }
-    let s = spool.lock();
-    summary.captured = s.counters().appended;
-    summary.spool = Some(s.counters().clone());
+    m.set_state(UplinkState::Stopped);
+    let lanes = spool.lock();
+    m.refresh_spool(&lanes);
+    let counters = lanes.counters();
+    let mut summary = Summary::from_metrics(m);
+    summary.spool = Some(counters.total());
+    summary.lanes = Some(counters);
     Ok(summary)
 }
 
@@ -119,43 +153,48 @@ fn finished(spool: &SharedSpool, capture_done: &watch::Receiver<bool>) -> bool {
 /// One connection's life. Returns whether any acknowledgement arrived.
 async fn stream_once(
     cfg: &UplinkConfig,
+    mut client: Client,
     spool: &SharedSpool,
     capture_done: &mut watch::Receiver<bool>,
     stop: &mut watch::Receiver<bool>,
     sent_before: &mut BTreeSet<u64>,
-    summary: &mut Summary,
+    m: &AgentMetrics,
 ) -> anyhow::Result<bool> {
-    let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<Frame>(cfg.window.max(1));
     let mut acks = client
         .stream_frames(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    // Everything waiting is sent on this connection, oldest first; `cursor` is the next
-    // sequence number to look at.
+    // Everything waiting is sent on this connection, urgent frames first, each lane
+    // oldest first; a lane's cursor is the next sequence number to look at in it.
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
-    let mut cursor = 0u64;
+    let mut cursors: HashMap<Lane, u64> = HashMap::new();
     let mut progress = false;
     loop {
         // Fill the window from the spool.
         while in_flight.len() < cfg.window.max(1) {
             let next = {
                 let s = spool.lock();
-                let seq = s.waiting_from(cursor).next();
-                match seq {
-                    Some(seq) => s.read(seq)?.map(|f| (seq, f)),
+                let found = Lane::ALL.into_iter().find_map(|lane| {
+                    let from = cursors.get(&lane).copied().unwrap_or(0);
+                    s.next_waiting(lane, from).map(|seq| (lane, seq))
+                });
+                match found {
+                    Some((lane, seq)) => s.read(seq)?.map(|f| (lane, seq, f)),
                     None => None,
                 }
             };
-            let Some((seq, frame)) = next else { break };
-            cursor = seq + 1;
+            let Some((lane, seq, frame)) = next else {
+                break;
+            };
+            cursors.insert(lane, seq + 1);
             if tx.send(frame).await.is_err() {
                 anyhow::bail!("stream closed while sending");
             }
             in_flight.insert(seq);
-            summary.sent += 1;
+            m.sent.inc();
             if !sent_before.insert(seq) {
-                summary.resent += 1;
+                m.resent.inc();
             }
         }
         if in_flight.is_empty() && finished(spool, capture_done) {
@@ -169,10 +208,13 @@ async fn stream_once(
                     progress = true;
                     if in_flight.remove(&ack.sequence) {
                         match AckStatus::try_from(ack.status) {
-                            Ok(AckStatus::Published) => summary.acknowledged += 1,
+                            Ok(AckStatus::Published) => {
+                                m.acknowledged.inc();
+                                spool.priority.saw_detections(ack.detection_count);
+                            }
                             _ => {
                                 tracing::warn!(sequence = ack.sequence, error = %ack.error, "frame rejected");
-                                summary.rejected += 1;
+                                m.rejected.inc();
                             }
                         }
                         // Rejected frames leave the spool too: they can never succeed,

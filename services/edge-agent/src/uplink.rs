@@ -3,21 +3,22 @@
 //! agent reconnects with exponential back-off and resends what is pending, in sequence order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use visionfleet_proto::v1::ingest_client::IngestClient;
 use visionfleet_proto::v1::{frame::Image, AckStatus, Frame, FrameAck};
 
-use crate::source::EncodedImage;
+use crate::metrics::{AgentMetrics, CaptureDrop, UplinkState};
+use crate::source::{Captured, EncodedImage};
+use crate::transport::{Client, Transport};
 
 /// Uplink settings.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
-    /// Server URL, e.g. `http://127.0.0.1:50051`.
-    pub endpoint: String,
+    /// Where the pods are and how to reach them.
+    pub transport: Transport,
     /// This device's id.
     pub device_id: String,
     /// Most frames sent and not yet acknowledged.
@@ -30,15 +31,17 @@ pub struct UplinkConfig {
     pub attributes: HashMap<String, String>,
     /// Give up after this long without a working connection.
     pub give_up_after: Duration,
-    /// Largest gRPC message.
-    pub max_message_bytes: usize,
 }
 
-/// What happened, for the exit summary.
+/// What happened, for the exit summary (read off [`AgentMetrics`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
-    /// Frames taken from the source.
+    /// Frames that entered the pipeline (stored in the spool, or handed to the uplink).
     pub captured: u64,
+    /// Frames skipped by motion gating.
+    pub skipped_still: u64,
+    /// Frames shaping could not decode (dropped, counted).
+    pub skipped_undecodable: u64,
     /// Frames written to a stream, resends included.
     pub sent: u64,
     /// Of those, resends after a reconnect.
@@ -49,9 +52,30 @@ pub struct Summary {
     pub rejected: u64,
     /// Reconnections after a failed or broken stream.
     pub reconnects: u64,
-    /// The disk spool's counters, when store-and-forward is on.
+    /// The disk spool's counters (both lanes), when store-and-forward is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool: Option<crate::spool::SpoolCounters>,
+    /// Each lane's counters, when store-and-forward is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<crate::lanes::LaneCounters>,
+}
+
+impl Summary {
+    /// The counts so far.
+    pub fn from_metrics(m: &AgentMetrics) -> Self {
+        Self {
+            captured: m.captured.get(),
+            skipped_still: m.dropped_count(CaptureDrop::Still),
+            skipped_undecodable: m.dropped_count(CaptureDrop::Undecodable),
+            sent: m.sent.get(),
+            resent: m.resent.get(),
+            acknowledged: m.acknowledged.get(),
+            rejected: m.rejected.get(),
+            reconnects: m.reconnects.get(),
+            spool: None,
+            lanes: None,
+        }
+    }
 }
 
 /// A frame waiting for its acknowledgement.
@@ -70,7 +94,12 @@ pub(crate) fn now_timestamp() -> prost_types::Timestamp {
     }
 }
 
-pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -> Frame {
+/// The frame for a captured image: the configured attributes plus `source` (the file or
+/// generator the image came from).
+pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, captured: Captured) -> Frame {
+    let Captured { image, source } = captured;
+    let mut attributes = cfg.attributes.clone();
+    attributes.insert(SOURCE_ATTRIBUTE.into(), source);
     Frame {
         device_id: cfg.device_id.clone(),
         sequence,
@@ -79,10 +108,13 @@ pub(crate) fn to_frame(cfg: &UplinkConfig, sequence: u64, image: EncodedImage) -
             EncodedImage::Jpeg(b) => Image::Jpeg(b),
             EncodedImage::Png(b) => Image::Png(b),
         }),
-        attributes: cfg.attributes.clone(),
+        attributes,
         model: cfg.model.clone(),
     }
 }
+
+/// The attribute naming where a frame came from.
+pub const SOURCE_ATTRIBUTE: &str = "source";
 
 /// Back-off before reconnect attempt `n`: 100 ms doubling to 5 s, with up to 50% jitter so
 /// a fleet that lost its server does not reconnect in lock step.
@@ -96,12 +128,14 @@ pub fn backoff(n: u32) -> Duration {
     base + base.mul_f64(f64::from(nanos % 500) / 1000.0)
 }
 
-/// Reconnection bookkeeping shared by both uplinks: the back-off restarts after a
-/// connection that got acknowledgements, and the uplink gives up after `give_up_after`
-/// without one.
+/// Reconnection bookkeeping shared by both uplinks: which endpoint is in use (a
+/// connection that failed or made no progress hands over to the next one), the back-off
+/// (restarted after a connection that got acknowledgements), and giving up after
+/// `give_up_after` without one.
 pub(crate) struct Reconnect {
     failures: u32,
     last_good: Instant,
+    endpoint: usize,
 }
 
 impl Reconnect {
@@ -109,7 +143,26 @@ impl Reconnect {
         Self {
             failures: 0,
             last_good: Instant::now(),
+            endpoint: 0,
         }
+    }
+
+    /// Connects to the endpoint in use.
+    pub(crate) async fn connect(
+        &self,
+        cfg: &UplinkConfig,
+        metrics: &AgentMetrics,
+    ) -> anyhow::Result<Client> {
+        metrics.set_state(UplinkState::Connecting);
+        metrics.endpoint_index.set(self.endpoint as i64);
+        let client = cfg.transport.connect(self.endpoint).await?;
+        metrics.set_state(UplinkState::Streaming);
+        Ok(client)
+    }
+
+    fn endpoint_url<'a>(&self, cfg: &'a UplinkConfig) -> &'a str {
+        let list = &cfg.transport.endpoints;
+        &list[self.endpoint % list.len()]
     }
 
     /// Records how a connection ended: `Ok(progress)` or the error that broke it.
@@ -118,9 +171,16 @@ impl Reconnect {
             Ok(true) => {
                 self.failures = 0;
                 self.last_good = Instant::now();
+                return;
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, endpoint = %cfg.endpoint, "uplink failed"),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), endpoint = %self.endpoint_url(cfg), "uplink failed")
+            }
+        }
+        if cfg.transport.endpoints.len() > 1 {
+            self.endpoint = (self.endpoint + 1) % cfg.transport.endpoints.len();
+            tracing::info!(endpoint = %self.endpoint_url(cfg), "uplink: failing over");
         }
     }
 
@@ -131,19 +191,24 @@ impl Reconnect {
         &mut self,
         cfg: &UplinkConfig,
         stop: &mut tokio::sync::watch::Receiver<bool>,
-        summary: &mut Summary,
+        metrics: &AgentMetrics,
         left: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         if self.last_good.elapsed() > cfg.give_up_after {
+            metrics.set_state(UplinkState::Stopped);
             anyhow::bail!(
                 "no working connection to {} for {:?}; {}",
-                cfg.endpoint,
+                cfg.transport.endpoints.join(", "),
                 cfg.give_up_after,
                 left()
             );
         }
-        summary.reconnects += 1;
-        let wait = backoff(self.failures);
+        metrics.set_state(UplinkState::Backoff);
+        metrics.reconnects.inc();
+        // With several endpoints, the first pass over the list is quick: back off only
+        // once every endpoint has failed.
+        let round = self.failures / cfg.transport.endpoints.len().max(1) as u32;
+        let wait = backoff(round);
         self.failures += 1;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -153,85 +218,80 @@ impl Reconnect {
     }
 }
 
-/// Connects to the pod: a short connect timeout (the caller retries with back-off) and
-/// HTTP/2 keepalive so a dead link is noticed while idle.
-pub(crate) async fn connect(cfg: &UplinkConfig) -> anyhow::Result<IngestClient<Channel>> {
-    let channel = Endpoint::from_shared(cfg.endpoint.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
-    Ok(IngestClient::new(channel)
-        .max_encoding_message_size(cfg.max_message_bytes)
-        .max_decoding_message_size(cfg.max_message_bytes))
-}
-
 /// Streams frames from `images` until it is closed and every frame is acknowledged, or
-/// until `stop` fires (then pending frames are waited for no longer).
+/// until `stop` fires (then pending frames are waited for no longer). Counts go to
+/// `metrics`.
 pub async fn run(
     cfg: &UplinkConfig,
-    mut images: mpsc::Receiver<EncodedImage>,
+    mut images: mpsc::Receiver<Captured>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<Summary> {
-    let mut summary = Summary::default();
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut next_sequence = cfg.start_sequence;
     let mut source_done = false;
     let mut reconnect = Reconnect::new();
+    let m = metrics.as_ref();
 
     loop {
         if source_done && pending.is_empty() {
-            return Ok(summary);
+            break;
         }
         if *stop.borrow() {
             tracing::warn!(
                 pending = pending.len(),
                 "stopping with unacknowledged frames"
             );
-            return Ok(summary);
+            break;
         }
-        let ended = stream_once(
-            cfg,
-            &mut images,
-            &mut stop,
-            &mut pending,
-            &mut next_sequence,
-            &mut source_done,
-            &mut summary,
-        )
+        let ended = async {
+            let client = reconnect.connect(cfg, m).await?;
+            stream_once(
+                cfg,
+                client,
+                &mut images,
+                &mut stop,
+                &mut pending,
+                &mut next_sequence,
+                &mut source_done,
+                m,
+            )
+            .await
+        }
         .await;
         reconnect.ended(cfg, ended);
         if source_done && pending.is_empty() {
-            return Ok(summary);
+            break;
         }
         reconnect
-            .pause(cfg, &mut stop, &mut summary, || {
+            .pause(cfg, &mut stop, m, || {
                 format!("{} frames unacknowledged", pending.len())
             })
             .await?;
     }
+    m.set_state(UplinkState::Stopped);
+    Ok(Summary::from_metrics(m))
 }
 
 /// One connection's life. Returns whether any acknowledgement arrived.
 #[allow(clippy::too_many_arguments)]
 async fn stream_once(
     cfg: &UplinkConfig,
-    images: &mut mpsc::Receiver<EncodedImage>,
+    mut client: Client,
+    images: &mut mpsc::Receiver<Captured>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     pending: &mut BTreeMap<u64, Pending>,
     next_sequence: &mut u64,
     source_done: &mut bool,
-    summary: &mut Summary,
+    m: &AgentMetrics,
 ) -> anyhow::Result<bool> {
-    let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<Frame>(cfg.window.max(1));
     // Resend what the last connection left unacknowledged, oldest first. The window bounds
     // `pending`, so these fit in the channel without waiting.
     for p in pending.values() {
         tx.send(p.frame.clone()).await?;
-        summary.sent += 1;
-        summary.resent += 1;
+        m.sent.inc();
+        m.resent.inc();
     }
     let mut acks = client
         .stream_frames(ReceiverStream::new(rx))
@@ -244,19 +304,19 @@ async fn stream_once(
                 Some(image) => {
                     let frame = to_frame(cfg, *next_sequence, image);
                     *next_sequence += 1;
-                    summary.captured += 1;
+                    m.captured();
                     pending.insert(frame.sequence, Pending { frame: frame.clone() });
                     if tx.send(frame).await.is_err() {
                         anyhow::bail!("stream closed while sending");
                     }
-                    summary.sent += 1;
+                    m.sent.inc();
                 }
                 None => *source_done = true,
             },
             ack = acks.message() => match ack? {
                 Some(ack) => {
                     progress = true;
-                    record_ack(&ack, pending, summary);
+                    record_ack(&ack, pending, m);
                 }
                 None => anyhow::bail!("server ended the stream"),
             },
@@ -272,17 +332,17 @@ async fn stream_once(
     }
 }
 
-fn record_ack(ack: &FrameAck, pending: &mut BTreeMap<u64, Pending>, summary: &mut Summary) {
+fn record_ack(ack: &FrameAck, pending: &mut BTreeMap<u64, Pending>, m: &AgentMetrics) {
     if ack.device_id.is_empty() || pending.remove(&ack.sequence).is_none() {
         // A duplicate acknowledgement (the frame was resent and both copies were
         // answered); the first one counted.
         return;
     }
     match AckStatus::try_from(ack.status) {
-        Ok(AckStatus::Published) => summary.acknowledged += 1,
+        Ok(AckStatus::Published) => m.acknowledged.inc(),
         Ok(AckStatus::Rejected) => {
             tracing::warn!(sequence = ack.sequence, error = %ack.error, "frame rejected");
-            summary.rejected += 1;
+            m.rejected.inc();
         }
         _ => tracing::warn!(
             sequence = ack.sequence,
@@ -309,35 +369,46 @@ mod tests {
     #[test]
     fn acks_settle_pending_frames_once() {
         let cfg = UplinkConfig {
-            endpoint: "http://x".into(),
+            transport: Transport {
+                endpoints: vec!["http://x".into()],
+                tls: None,
+                token: None,
+                max_message_bytes: 1 << 20,
+            },
             device_id: "cam".into(),
             window: 4,
             start_sequence: 0,
             model: String::new(),
             attributes: HashMap::new(),
             give_up_after: Duration::from_secs(1),
-            max_message_bytes: 1 << 20,
         };
         let mut pending = BTreeMap::new();
         for s in 0..2 {
             pending.insert(
                 s,
                 Pending {
-                    frame: to_frame(&cfg, s, EncodedImage::Jpeg(vec![1])),
+                    frame: to_frame(
+                        &cfg,
+                        s,
+                        Captured {
+                            image: EncodedImage::Jpeg(vec![1]),
+                            source: "test".into(),
+                        },
+                    ),
                 },
             );
         }
-        let mut summary = Summary::default();
+        let m = AgentMetrics::new();
         let ack = |sequence, status: AckStatus| FrameAck {
             device_id: "cam".into(),
             sequence,
             status: status as i32,
             ..Default::default()
         };
-        record_ack(&ack(0, AckStatus::Published), &mut pending, &mut summary);
-        record_ack(&ack(0, AckStatus::Published), &mut pending, &mut summary);
-        record_ack(&ack(1, AckStatus::Rejected), &mut pending, &mut summary);
+        record_ack(&ack(0, AckStatus::Published), &mut pending, &m);
+        record_ack(&ack(0, AckStatus::Published), &mut pending, &m);
+        record_ack(&ack(1, AckStatus::Rejected), &mut pending, &m);
         assert!(pending.is_empty());
-        assert_eq!((summary.acknowledged, summary.rejected), (1, 1));
+        assert_eq!((m.acknowledged.get(), m.rejected.get()), (1, 1));
     }
 }

@@ -15,10 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{config, consumer::consume, Kafka, TestServer};
-use visionfleet_edge_agent::spool::{peek, FullPolicy, Spool, SpoolConfig};
+use visionfleet_edge_agent::lanes::{peek, Lanes};
+use visionfleet_edge_agent::spool::{FullPolicy, SpoolConfig};
 use visionfleet_proto::event::DetectionEvent;
 
-fn agent(endpoint: &str, device: &str, spool: &Path, count: u64, fps: u32) -> Command {
+fn agent(endpoint: &str, device: &str, spool: &Path, count: u64, fps: f64) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_visionfleet-edge-agent"));
     c.args([
         "--endpoint",
@@ -67,16 +68,20 @@ fn events(bootstrap: &str, topic: &str, device: &str, expect: usize) -> BTreeMap
     out
 }
 
+/// Frames waiting in both lanes (opening the spool recovers it, as the agent would).
 fn waiting(dir: &Path) -> BTreeSet<u64> {
-    let spool = Spool::open(SpoolConfig {
-        dir: dir.to_path_buf(),
-        max_bytes: 1 << 30,
-        ttl: None,
-        policy: FullPolicy::Block,
-        segment_bytes: 64 << 20,
-    })
+    let lanes = Lanes::open(
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            ttl: None,
+            policy: FullPolicy::Block,
+            segment_bytes: 64 << 20,
+        },
+        0.25,
+    )
     .unwrap();
-    spool.waiting_from(0).collect()
+    lanes.waiting()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +94,15 @@ async fn frames_captured_during_an_outage_are_delivered_when_the_pod_returns() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let child = agent(&format!("http://{addr}"), "cam-outage", spool.path(), 8, 10)
-        .spawn()
-        .unwrap();
+    let child = agent(
+        &format!("http://{addr}"),
+        "cam-outage",
+        spool.path(),
+        8,
+        10.0,
+    )
+    .spawn()
+    .unwrap();
     // Capture (0.8 s at 10 fps) goes on into the spool while nothing answers.
     support::eventually("8 frames in the spool", Duration::from_secs(20), || {
         (peek(spool.path()).unwrap().0.len() == 8).then_some(())
@@ -140,7 +151,7 @@ async fn an_agent_killed_again_and_again_loses_nothing_it_stored() {
     let mut stored = BTreeSet::new();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..KILLS {
-        let mut child = agent(&server.url(), "cam-kill", spool.path(), 1000, 4)
+        let mut child = agent(&server.url(), "cam-kill", spool.path(), 1000, 4.0)
             .spawn()
             .unwrap();
         seed ^= seed << 13;
@@ -154,7 +165,7 @@ async fn an_agent_killed_again_and_again_loses_nothing_it_stored() {
         stored.extend(waiting(spool.path()));
     }
     // A last run with nothing new to capture sends what is left and exits.
-    let out = agent(&server.url(), "cam-kill", spool.path(), 0, 4)
+    let out = agent(&server.url(), "cam-kill", spool.path(), 0, 4.0)
         .output()
         .unwrap();
     assert!(
@@ -186,5 +197,64 @@ async fn an_agent_killed_again_and_again_loses_nothing_it_stored() {
         duplicates <= WINDOW * KILLS as u32,
         "{duplicates} duplicates after {KILLS} kills with a window of {WINDOW}"
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_outage_mid_capture_loses_nothing() {
+    // 0.5 fps keeps well under the CPU pod's ~1 frame/s, so the backlog drains while
+    // capture goes on.
+    const FRAMES: u64 = 24;
+    let kafka = Kafka::start(1);
+    let topic = "sf.midoutage";
+    let server_config = || config(&kafka.bootstrap, topic, &["--models", "coco-yolov5s"]);
+    let server = TestServer::start(server_config()).await;
+    let addr = server.grpc;
+    let spool = tempfile::tempdir().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = agent(&server.url(), "cam-midoutage", spool.path(), FRAMES, 0.5)
+        .args(["--http-addr", &http.to_string()])
+        .spawn()
+        .unwrap();
+    support::eventually_async(
+        "the first acknowledgements",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = support::http_get(http, "/status").await.ok()?;
+            let r: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (r["acknowledged"].as_u64()? >= 2).then_some(())
+        },
+    )
+    .await;
+    server.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let waiting_during_outage = peek(spool.path()).unwrap().0.len();
+    assert!(
+        waiting_during_outage >= 10,
+        "capture went on into the spool: {waiting_during_outage} waiting"
+    );
+    let server = TestServer::start_on(server_config(), addr).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["spool"]["appended"], FRAMES, "{summary}");
+    assert_eq!(summary["spool"]["acknowledged"], FRAMES, "{summary}");
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    let seen = events(&kafka.bootstrap, topic, "cam-midoutage", FRAMES as usize);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=FRAMES).collect::<Vec<_>>(),
+        "every frame's event, once de-duplicated by event id"
+    );
+    assert!(waiting(spool.path()).is_empty());
     server.stop().await.unwrap();
 }

@@ -17,7 +17,6 @@ use support::{config, http_get, models_dir, root, Kafka, TestServer};
 use tonic::Code;
 use visionfleet_detector::detector::RgbView;
 use visionfleet_detector::{Detection, DetectorOptions, ModelStore};
-use visionfleet_edge_agent::config::SourceKind;
 use visionfleet_edge_agent::AgentConfig;
 use visionfleet_proto::event::{DetectionEvent, Rejection};
 use visionfleet_proto::v1::ingest_client::IngestClient;
@@ -44,27 +43,27 @@ fn samples() -> Vec<(String, image::RgbImage)> {
 }
 
 fn agent_config(url: &str, device: &str, start: u64, repeat: usize) -> AgentConfig {
-    AgentConfig {
-        endpoint: url.to_string(),
-        device_id: device.to_string(),
-        source: SourceKind::Folder,
-        path: Some(models_dir().join("samples")),
-        repeat,
-        count: 0,
-        width: 0,
-        height: 0,
-        fps: 0.0,
-        window: 4,
-        model: String::new(),
-        attributes: vec![("line".into(), "L1".into())],
-        start_sequence: Some(start),
-        give_up_after_seconds: 60,
-        json: false,
-        spool_dir: None,
-        spool_max_bytes: 1 << 30,
-        spool_ttl_seconds: 0,
-        spool_full_policy: visionfleet_edge_agent::spool::FullPolicy::DropOldest,
-    }
+    let samples = models_dir().join("samples");
+    AgentConfig::load([
+        "visionfleet-edge-agent",
+        "--endpoint",
+        url,
+        "--device-id",
+        device,
+        "--source",
+        "folder",
+        "--path",
+        &samples.display().to_string(),
+        "--repeat",
+        &repeat.to_string(),
+        "--window",
+        "4",
+        "--attribute",
+        "line=L1",
+        "--start-sequence",
+        &start.to_string(),
+    ])
+    .expect("valid agent settings")
 }
 
 fn assert_same_detections(got: &[visionfleet_proto::event::EventDetection], want: &[Detection]) {
