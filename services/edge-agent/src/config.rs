@@ -26,6 +26,9 @@ pub enum SourceKind {
     Mjpeg,
     /// `--count` generated frames of `--width` x `--height`.
     Synthetic,
+    /// A V4L2 camera, `--path` (e.g. /dev/video0), Motion-JPEG at about `--width` x
+    /// `--height`; needs the `v4l2` build feature.
+    V4l2,
 }
 
 /// Edge agent configuration.
@@ -56,7 +59,7 @@ pub struct AgentConfig {
     /// Frame source.
     #[arg(long, env = "VF_SOURCE", value_enum, default_value = "folder")]
     pub source: SourceKind,
-    /// Folder or MJPEG file of the source.
+    /// Folder, MJPEG file or camera device of the source.
     #[arg(long, env = "VF_SOURCE_PATH")]
     pub path: Option<PathBuf>,
     /// How many times the folder and MJPEG sources go through their frames.
@@ -65,10 +68,10 @@ pub struct AgentConfig {
     /// Frames from the synthetic source.
     #[arg(long, default_value_t = 10)]
     pub count: u64,
-    /// Synthetic frame width.
+    /// Synthetic frame width (and the camera's requested width).
     #[arg(long, default_value_t = 640)]
     pub width: u32,
-    /// Synthetic frame height.
+    /// Synthetic frame height (and the camera's requested height).
     #[arg(long, default_value_t = 480)]
     pub height: u32,
     /// Capture rate limit in frames per second (0: as fast as the source gives them).
@@ -249,6 +252,16 @@ impl AgentConfig {
             SourceKind::Synthetic => {
                 Box::new(SyntheticSource::new(self.count, self.width, self.height))
             }
+            #[cfg(feature = "v4l2")]
+            SourceKind::V4l2 => Box::new(crate::source::V4l2Source::open(
+                path()?,
+                self.width,
+                self.height,
+            )?),
+            #[cfg(not(feature = "v4l2"))]
+            SourceKind::V4l2 => anyhow::bail!(
+                "--source v4l2: this agent was built without the v4l2 feature (cargo build --features v4l2)"
+            ),
         })
     }
 

@@ -91,7 +91,9 @@ async fn urgent_frames_survive_a_full_budget_and_go_first() {
 
     let (_, metrics) = support::http_get(http, "/metrics").await.unwrap();
     assert!(
-        metrics.contains(&format!("vf_agent_spool_frames{{lane=\"urgent\"}} {URGENT}")),
+        metrics.contains(&format!(
+            "vf_agent_spool_frames{{lane=\"urgent\"}} {URGENT}"
+        )),
         "{metrics}"
     );
     assert!(

@@ -1,15 +1,19 @@
 //! Frame sources: an image folder (listed once, or watched for new files), an MJPEG file,
-//! and a synthetic generator for tests and load.
+//! a synthetic generator for tests and load, and a V4L2 camera (the `v4l2` build feature).
 //! A source yields encoded images named after where they came from; capture shapes
 //! (resize, re-encode, motion gating) and the uplink stamps and numbers them.
 
 mod folder;
 mod mjpeg;
 mod synthetic;
+#[cfg(feature = "v4l2")]
+mod v4l2;
 
 pub use folder::FolderSource;
 pub use mjpeg::{split_jpegs, MjpegSource};
 pub use synthetic::SyntheticSource;
+#[cfg(feature = "v4l2")]
+pub use v4l2::V4l2Source;
 
 /// An encoded image ready to send.
 #[derive(Debug, Clone, PartialEq)]
