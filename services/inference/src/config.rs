@@ -98,6 +98,24 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "VF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// PEM certificate chain the gRPC port serves TLS with (needs --tls-key); the HTTP
+    /// metrics and probe port stays plain HTTP.
+    #[arg(long, env = "VF_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "VF_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates; when set, gRPC clients must present a certificate signed by one
+    /// of them (mutual TLS).
+    #[arg(long, env = "VF_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of allowed device tokens, one `DEVICE_ID TOKEN` or `* TOKEN` a line; when set,
+    /// the ingest and KServe services require `authorization: Bearer <token>`.
+    #[arg(long, env = "VF_DEVICE_TOKENS")]
+    pub device_tokens: Option<PathBuf>,
+    /// Seconds between checks of --device-tokens for a change (0: read once at start-up).
+    #[arg(long, env = "VF_DEVICE_TOKENS_POLL_SECONDS", default_value_t = 5)]
+    pub device_tokens_poll_seconds: u64,
 }
 
 /// One model's batching settings.
@@ -228,6 +246,17 @@ impl Config {
                 format!("expected text or json, got {:?}", self.log_format),
             );
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return bad("tls-key", "required when --tls-cert is set".into()),
+            (None, Some(_)) => return bad("tls-cert", "required when --tls-key is set".into()),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return bad(
+                "tls-client-ca",
+                "needs --tls-cert and --tls-key (client certificates are checked over TLS)".into(),
+            );
+        }
         for (key, _) in &self.kafka_opts {
             if matches!(key.as_str(), "enable.idempotence" | "acks") {
                 return bad(
@@ -323,6 +352,38 @@ mod tests {
             err.to_string().contains("expected MODEL=MAX_BATCH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn half_configured_tls_is_refused() {
+        let err = parse(&["--tls-cert", "server.pem"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --tls-key: required when --tls-cert is set"
+        );
+        let err = parse(&["--tls-key", "server.key"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --tls-cert: required when --tls-key is set"
+        );
+        let err = parse(&["--tls-client-ca", "ca.pem"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --tls-client-ca: needs --tls-cert and --tls-key \
+             (client certificates are checked over TLS)"
+        );
+        parse(&[
+            "--tls-cert",
+            "s.pem",
+            "--tls-key",
+            "s.key",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .validate()
+        .unwrap();
     }
 
     #[test]

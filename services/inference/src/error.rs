@@ -45,6 +45,20 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A protected call came without an `authorization: Bearer <token>` header.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The bearer token is not in the device token file.
+    #[error("unknown device token")]
+    UnknownToken,
+    /// A device-bound token carried a frame of another device.
+    #[error("token is bound to device {bound:?}, not {device:?}")]
+    WrongDevice {
+        /// The device the token belongs to.
+        bound: String,
+        /// The device id the frame claims.
+        device: String,
+    },
     /// The detector failed.
     #[error("detector: {0}")]
     Detector(#[from] visionfleet_detector::Error),
@@ -86,6 +100,8 @@ impl From<Error> for Status {
                 status
             }
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
+            Error::MissingToken | Error::UnknownToken => Status::unauthenticated(message),
+            Error::WrongDevice { .. } => Status::permission_denied(message),
             Error::Draining | Error::Publish(_) | Error::KafkaUnavailable { .. } => {
                 Status::unavailable(message)
             }

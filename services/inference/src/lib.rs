@@ -5,6 +5,7 @@
 //! [`run`] takes its listeners and a shutdown future, so tests start a real server on
 //! `127.0.0.1:0` and stop it.
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod error;
@@ -15,6 +16,8 @@ pub mod pipeline;
 pub mod publisher;
 pub mod registry;
 pub mod service;
+pub mod tls;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use visionfleet_proto::kserve::grpc_inference_service_server::GrpcInferenceServiceServer;
 use visionfleet_proto::v1::ingest_server::IngestServer;
 
@@ -47,7 +51,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     config.validate()?;
+    // Files first: a bad certificate or token file should not wait for models and Kafka.
+    let tls = tls::server_tls(&config)?;
     let metrics = Arc::new(Metrics::new());
+    let (authenticator, token_watcher) = auth::start(&config, metrics.clone())?;
     let models = Arc::new(registry::load_all(&config, &metrics).await?);
     let publisher = Publisher::connect(&config).await?;
 
@@ -87,6 +94,9 @@ pub async fn run(
     // Room for the frame's other fields; the image itself is checked against
     // max_frame_bytes with a precise error.
     .max_decoding_message_size(config.max_frame_bytes + 64 * 1024);
+    // Health and reflection stay outside, so probes need no token.
+    let ingest = InterceptedService::new(ingest, authenticator.clone());
+    let kserve = InterceptedService::new(kserve, authenticator);
 
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_server = axum::serve(http, http::router(metrics.clone(), ready.clone()))
@@ -96,7 +106,13 @@ pub async fn run(
     let http_task = tokio::spawn(async move { http_server.await });
 
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        grpc_builder = grpc_builder
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("--tls-cert: {e}")))?;
+    }
+    let grpc_server = grpc_builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
@@ -113,11 +129,22 @@ pub async fn run(
             Duration::from_secs(config.model_poll_seconds),
         ))
     });
-    tracing::info!(models = ?config.models, topic = %config.topic, "serving");
+    let token_watcher = token_watcher.map(tokio::spawn);
+    tracing::info!(
+        models = ?config.models,
+        topic = %config.topic,
+        tls = config.tls_cert.is_some(),
+        client_certificates = config.tls_client_ca.is_some(),
+        device_tokens = config.device_tokens.is_some(),
+        "serving"
+    );
 
     tokio::select! {
         _ = shutdown => {}
         result = &mut grpc_task => {
+            for w in watcher.into_iter().chain(token_watcher) {
+                w.abort();
+            }
             let _ = stop_http.send(());
             return match result {
                 Ok(Ok(())) => Ok(()),
@@ -128,7 +155,7 @@ pub async fn run(
     }
 
     tracing::info!("draining");
-    if let Some(w) = watcher {
+    for w in watcher.into_iter().chain(token_watcher) {
         w.abort();
     }
     ready.store(false, Ordering::Relaxed);

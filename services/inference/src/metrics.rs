@@ -42,6 +42,11 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Model reloads, by result (success, failure).
     pub model_reloads: IntCounterVec,
+    /// Calls and frames refused by device authentication, by reason (missing, unknown,
+    /// wrong_device).
+    pub auth_failures: IntCounterVec,
+    /// Reloads of the device token file after a change, by result (success, failure).
+    pub device_token_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +102,15 @@ impl Metrics {
         registry
             .register(Box::new(model_info.clone()))
             .expect("registered once");
+        let auth_failures = counter_vec(
+            "vf_auth_failures_total",
+            "Calls and frames refused by device authentication, by reason",
+            &["reason"],
+        );
+        // Present from the start, so that an alert on a rate has a series to compare with.
+        for reason in ["missing", "unknown", "wrong_device"] {
+            auth_failures.with_label_values(&[reason]);
+        }
         Self {
             frames_received: counter("vf_frames_received_total", "Frames received"),
             frames_published: counter(
@@ -143,6 +157,12 @@ impl Metrics {
             model_reloads: counter_vec(
                 "vf_model_reloads_total",
                 "Model reloads after a manifest change, by result",
+                &["result"],
+            ),
+            auth_failures,
+            device_token_reloads: counter_vec(
+                "vf_device_tokens_reloads_total",
+                "Reloads of the device token file after a change, by result",
                 &["result"],
             ),
             registry,

@@ -15,6 +15,7 @@ use visionfleet_proto::v1::{
     StageLatencies,
 };
 
+use crate::auth::{self, Caller};
 use crate::error::Error;
 use crate::pipeline::{FrameMeta, Pipeline};
 
@@ -189,6 +190,7 @@ impl Ingest for IngestService {
         if *self.draining.borrow() {
             return Err(Error::Draining.into());
         }
+        let caller = request.extensions().get::<Caller>().cloned();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.window);
         let pipeline = self.pipeline.clone();
@@ -204,7 +206,15 @@ impl Ingest for IngestService {
                     // Only read while the window has room: HTTP/2 flow control then
                     // pushes back on the sender.
                     next = inbound.message(), if reading && in_flight < window => match next {
-                        Ok(Some(frame)) => detecting.push_back(detect_frame(pipeline.clone(), frame)),
+                        Ok(Some(frame)) => {
+                            // A frame of another device ends the stream: the agent is
+                            // misconfigured or the token leaked, and resending won't help.
+                            if let Err(e) = auth::check_frame(caller.as_ref(), &frame.device_id, &pipeline.metrics) {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                            detecting.push_back(detect_frame(pipeline.clone(), frame));
+                        }
                         Ok(None) => reading = false,
                         Err(status) => {
                             tracing::debug!(%status, "stream closed by peer");
@@ -249,7 +259,9 @@ impl Ingest for IngestService {
             return Err(Error::Draining.into());
         }
         let deadline = request_deadline(request.metadata());
+        let caller = request.extensions().get::<Caller>().cloned();
         let frame = request.into_inner();
+        auth::check_frame(caller.as_ref(), &frame.device_id, &self.pipeline.metrics)?;
         let _in_flight = InFlight::new(&self.pipeline);
         let meta = Pipeline::meta(&frame);
         match self.pipeline.process(frame, &meta, false, deadline).await {
