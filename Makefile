@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving fuzz loadtest
+.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving bench-agent fuzz loadtest
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -32,6 +32,10 @@ bench-detector: models
 bench-serving: models deps
 	scripts/bench-serving.sh
 
+## bench-agent: edge agent RSS and CPU at 10 fps and at max rate, 1080p JPEGs, binary size
+bench-agent: models
+	scripts/bench-agent.sh
+
 ## loadtest: 100 virtual devices at 2 fps for 60 s against a local broker + pod (BENCHMARKS.md)
 loadtest: models deps
 	scripts/loadtest.sh
@@ -54,3 +58,4 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p visionfleet-edge-agent --features v4l2 -- -D warnings

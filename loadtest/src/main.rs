@@ -1,5 +1,6 @@
 //! `visionfleet-loadtest`: load experiments against a running inference pod.
 
+mod agent_bench;
 mod device;
 mod events;
 mod fleet;
@@ -26,6 +27,9 @@ enum Command {
     /// A fleet of virtual edge devices streaming real JPEGs through `StreamFrames`, with
     /// an independent Kafka consumer accounting for every frame by event id.
     Fleet(fleet::FleetArgs),
+    /// The edge agent's own cost: RSS and CPU at 10 fps and at its maximum rate with
+    /// 1080p JPEG input, against an acknowledging sink.
+    Agent(agent_bench::AgentBenchArgs),
 }
 
 #[tokio::main]
@@ -33,5 +37,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serving(args) => serving::run(args).await,
         Command::Fleet(args) => fleet::run(args).await,
+        Command::Agent(args) => agent_bench::run(args).await,
     }
 }

@@ -20,7 +20,7 @@ use crate::priority::{Priority, PRIORITY_ATTRIBUTE};
 use crate::source::Captured;
 use crate::spool::Appended;
 use crate::transport::Client;
-use crate::uplink::{now_timestamp, to_frame, Reconnect, Summary, UplinkConfig};
+use crate::uplink::{now_timestamp, refusal, to_frame, Reconnect, Summary, UplinkConfig};
 
 /// The spool lanes shared by capture and uplink, the signal that they have new frames,
 /// and the priority rules (fed by acknowledgements).
@@ -126,6 +126,13 @@ pub async fn run(
             .await
         }
         .await;
+        if let Some(refused) = refusal(&ended) {
+            m.set_state(UplinkState::Stopped);
+            let left = spool.lock().len();
+            return Err(anyhow::anyhow!(
+                "{refused}; {left} frames stay in the spool"
+            ));
+        }
         reconnect.ended(cfg, ended);
         if finished(&spool, &capture_done) || *stop.borrow() {
             break;

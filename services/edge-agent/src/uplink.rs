@@ -128,6 +128,26 @@ pub fn backoff(n: u32) -> Duration {
     base + base.mul_f64(f64::from(nanos % 500) / 1000.0)
 }
 
+/// A refusal that reconnecting cannot cure: the pod does not accept this device's
+/// credentials (`UNAUTHENTICATED`, `PERMISSION_DENIED`). The agent stops with it, keeping
+/// its spool, rather than retry with the same token for ever.
+pub(crate) fn refusal(result: &anyhow::Result<bool>) -> Option<anyhow::Error> {
+    let status = result
+        .as_ref()
+        .err()?
+        .chain()
+        .find_map(|c| c.downcast_ref::<tonic::Status>())?;
+    let code = match status.code() {
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        _ => return None,
+    };
+    Some(anyhow::anyhow!(
+        "the pod refused this device: {code}: {}",
+        status.message()
+    ))
+}
+
 /// Reconnection bookkeeping shared by both uplinks: which endpoint is in use (a
 /// connection that failed or made no progress hands over to the next one), the back-off
 /// (restarted after a connection that got acknowledgements), and giving up after
@@ -259,6 +279,13 @@ pub async fn run(
             .await
         }
         .await;
+        if let Some(refused) = refusal(&ended) {
+            m.set_state(UplinkState::Stopped);
+            return Err(anyhow::anyhow!(
+                "{refused}; {} frames unacknowledged",
+                pending.len()
+            ));
+        }
         reconnect.ended(cfg, ended);
         if source_done && pending.is_empty() {
             break;

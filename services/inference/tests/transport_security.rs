@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use support::pki::{Ca, Pair, Pki};
 use support::{config, eventually_async, http_get, models_dir, Kafka, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,81 +42,6 @@ fn shared_kafka() -> &'static Kafka {
 fn bus_frame(device: &str, sequence: u64) -> Frame {
     let jpeg = std::fs::read(models_dir().join("samples/bus.jpg")).unwrap();
     support::jpeg_frame(device, sequence, &jpeg)
-}
-
-/// A certificate authority that signs server and client certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, in PEM.
-struct Pair {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn sign(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pair {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-/// The files of one test: a CA, a server certificate for localhost and 127.0.0.1, a client
-/// certificate from that CA and one from another CA.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: String,
-    client: Pair,
-    stranger: Pair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("VisionFleet test CA");
-        let server = ca.sign(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
-        let client = ca.sign(&["cam-1"], ExtendedKeyUsagePurpose::ClientAuth);
-        let stranger = Ca::new("another CA").sign(&["cam-1"], ExtendedKeyUsagePurpose::ClientAuth);
-        Self {
-            ca: ca.pem(),
-            client,
-            stranger,
-            dir,
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
 }
 
 /// A TLS channel to `server` that trusts `ca` and presents `identity`, if any.

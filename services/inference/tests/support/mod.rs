@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub mod consumer;
+pub mod pki;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
