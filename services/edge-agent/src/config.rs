@@ -109,6 +109,9 @@ pub struct AgentConfig {
     /// Print the summary as JSON instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "VF_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
     /// Store-and-forward: keep every captured frame in this folder (synced to disk) until
     /// the pod acknowledges it, across outages, crashes and restarts.
     #[arg(long, env = "VF_SPOOL_DIR")]

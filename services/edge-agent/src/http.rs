@@ -1,6 +1,7 @@
 //! The agent's local HTTP port: `GET /metrics` (Prometheus), `GET /status` (JSON, what the
 //! `status` command prints), `POST /trigger` (a line controller marks the next frames
-//! urgent) and `GET /healthz`.
+//! urgent), `POST /detect` (one image, detections back; see [`crate::detect`]) and
+//! `GET /healthz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::detect::{self, Numbering};
 use crate::lanes::Lane;
 use crate::metrics::{AgentMetrics, UplinkState};
 use crate::spooled::SharedSpool;
-use crate::uplink::Summary;
+use crate::uplink::{Summary, UplinkConfig};
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -25,8 +27,10 @@ pub struct AgentState {
     pub spool: Option<SharedSpool>,
     /// This device's id.
     pub device_id: String,
-    /// The configured endpoints.
-    pub endpoints: Vec<String>,
+    /// The uplink settings (endpoints, identity), for `Detect`.
+    pub uplink: Arc<UplinkConfig>,
+    /// Sequence numbers for `Detect` calls.
+    pub numbering: Numbering,
 }
 
 /// One lane in [`StatusReport`].
@@ -101,11 +105,12 @@ impl AgentState {
         StatusReport {
             device_id: self.device_id.clone(),
             uplink: state.into(),
-            endpoint: self
-                .endpoints
-                .get(index % self.endpoints.len().max(1))
-                .cloned()
-                .unwrap_or_default(),
+            endpoint: {
+                let list = &self.uplink.transport.endpoints;
+                list.get(index % list.len().max(1))
+                    .cloned()
+                    .unwrap_or_default()
+            },
             captured: summary.captured,
             acknowledged: summary.acknowledged,
             resent: summary.resent,
@@ -144,6 +149,26 @@ async fn trigger(State(s): State<AgentState>) -> (StatusCode, String) {
     }
 }
 
+async fn detect(State(s): State<AgentState>, body: axum::body::Bytes) -> impl IntoResponse {
+    let image = match detect::sniff(body.to_vec()) {
+        Ok(image) => image,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let sequence = s.numbering.take(s.uplink.start_sequence);
+    match detect::detect(&s.uplink, sequence, image).await {
+        Ok(r) => (StatusCode::OK, Json(detect::to_json(&r))),
+        Err(status) => error(
+            StatusCode::from_u16(detect::http_status(status.code()))
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("{:?}: {}", status.code(), status.message()),
+        ),
+    }
+}
+
+fn error(code: StatusCode, message: String) -> (StatusCode, Json<serde_json::Value>) {
+    (code, Json(serde_json::json!({ "error": message })))
+}
+
 /// Binds `addr` and serves until the process ends. Returns the bound address.
 pub async fn serve(addr: SocketAddr, state: AgentState) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -154,6 +179,7 @@ pub async fn serve(addr: SocketAddr, state: AgentState) -> anyhow::Result<Socket
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/trigger", post(trigger))
+        .route("/detect", post(detect))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
     tokio::spawn(async move {

@@ -72,6 +72,8 @@ pub struct Lanes {
     routine: Spool,
     budget: u64,
     urgent_reserved: u64,
+    /// Numbers below this were handed out without being stored (`Detect` calls).
+    reserved_below: u64,
 }
 
 impl Lanes {
@@ -91,6 +93,7 @@ impl Lanes {
             routine: Spool::open(lane(Lane::Routine, budget - urgent_reserved))?,
             budget,
             urgent_reserved,
+            reserved_below: 0,
         })
     }
 
@@ -107,6 +110,16 @@ impl Lanes {
         self.urgent
             .next_sequence(floor)
             .max(self.routine.next_sequence(floor))
+            .max(self.reserved_below)
+    }
+
+    /// Hands out a number that no stored frame will take (for a synchronous `Detect`,
+    /// whose event needs its own id). Not persisted: after a restart the numbering starts
+    /// at the configured floor (by default the clock), above anything handed out before.
+    pub fn reserve_sequence(&mut self, floor: u64) -> u64 {
+        let sequence = self.next_sequence(floor);
+        self.reserved_below = sequence + 1;
+        sequence
     }
 
     /// Stores `frame` in `lane` (synced before [`Appended::Stored`]), making room as the
@@ -260,10 +273,12 @@ mod tests {
         assert_eq!(lanes.next_waiting(Lane::Urgent, 0), Some(2));
         assert_eq!(lanes.next_waiting(Lane::Routine, 0), Some(1));
         assert_eq!(push(&mut lanes, Lane::Urgent).0, 4);
+        assert_eq!(lanes.reserve_sequence(1), 5);
+        assert_eq!(push(&mut lanes, Lane::Routine).0, 6);
         lanes.ack(2).expect("ack");
         lanes.ack(1).expect("ack");
-        assert_eq!(lanes.waiting(), BTreeSet::from([3, 4]));
-        assert_eq!(peek(dir.path()).expect("peek").0, BTreeSet::from([3, 4]));
+        assert_eq!(lanes.waiting(), BTreeSet::from([3, 4, 6]));
+        assert_eq!(peek(dir.path()).expect("peek").0, BTreeSet::from([3, 4, 6]));
     }
 
     #[test]

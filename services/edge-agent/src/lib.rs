@@ -6,6 +6,7 @@
 
 pub mod config;
 mod config_file;
+pub mod detect;
 pub mod http;
 pub mod lanes;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod status;
 pub mod transport;
 pub mod uplink;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,19 +64,25 @@ pub async fn run_with_source(
         }
         None => None,
     };
+    // Without a spool the uplink numbers frames from this counter, shared with `Detect`.
+    let counter = Arc::new(AtomicU64::new(uplink.start_sequence));
     if let Some(addr) = config.http_addr {
         let state = http::AgentState {
             metrics: metrics.clone(),
             spool: spool.clone(),
             device_id: config.device_id.clone(),
-            endpoints: config.endpoint.clone(),
+            uplink: Arc::new(uplink.clone()),
+            numbering: match &spool {
+                Some(s) => detect::Numbering::Spool(s.clone()),
+                None => detect::Numbering::Counter(counter.clone()),
+            },
         };
         let bound = http::serve(addr, state).await?;
         tracing::info!(%bound, "agent HTTP: /metrics /status /trigger");
     }
     match spool {
         Some(shared) => run_spooled(&uplink, shared, capture, stop, metrics).await,
-        None => run_direct(&uplink, capture, stop, metrics).await,
+        None => run_direct(&uplink, capture, stop, metrics, counter).await,
     }
 }
 
@@ -85,13 +93,14 @@ async fn run_direct(
     mut capture: Capture,
     stop: watch::Receiver<bool>,
     metrics: Arc<AgentMetrics>,
+    numbering: Arc<AtomicU64>,
 ) -> anyhow::Result<Summary> {
     let (tx, rx) = mpsc::channel(2);
     let capture = tokio::task::spawn_blocking(move || {
         // Stops early when the uplink finished (stop requested).
         capture.run(|image| Ok(tx.blocking_send(image).is_ok()))
     });
-    let summary = uplink::run(uplink, rx, stop, metrics).await?;
+    let summary = uplink::run(uplink, rx, stop, metrics, numbering).await?;
     capture.await??;
     Ok(summary)
 }

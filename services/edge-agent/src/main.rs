@@ -7,15 +7,10 @@ use visionfleet_edge_agent::{run, AgentConfig, Summary};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let mut args: Vec<_> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "status") {
         args.remove(1);
+        init_logging("text");
         let args = StatusArgs::parse_from(args);
         let found = status::gather(&args)?;
         if args.json {
@@ -32,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e),
         },
     };
+    init_logging(&config.log_format);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -46,6 +42,20 @@ async fn main() -> anyhow::Result<()> {
         print_summary(&device, &summary);
     }
     Ok(())
+}
+
+/// Logs to stderr, filtered by `VF_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 /// SIGINT or SIGTERM (Kubernetes and systemd stop with the latter).

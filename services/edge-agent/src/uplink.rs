@@ -3,6 +3,7 @@
 //! agent reconnects with exponential back-off and resends what is pending, in sequence order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -246,9 +247,9 @@ pub async fn run(
     mut images: mpsc::Receiver<Captured>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<AgentMetrics>,
+    numbering: Arc<AtomicU64>,
 ) -> anyhow::Result<Summary> {
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-    let mut next_sequence = cfg.start_sequence;
     let mut source_done = false;
     let mut reconnect = Reconnect::new();
     let m = metrics.as_ref();
@@ -272,7 +273,7 @@ pub async fn run(
                 &mut images,
                 &mut stop,
                 &mut pending,
-                &mut next_sequence,
+                &numbering,
                 &mut source_done,
                 m,
             )
@@ -308,7 +309,7 @@ async fn stream_once(
     images: &mut mpsc::Receiver<Captured>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     pending: &mut BTreeMap<u64, Pending>,
-    next_sequence: &mut u64,
+    numbering: &AtomicU64,
     source_done: &mut bool,
     m: &AgentMetrics,
 ) -> anyhow::Result<bool> {
@@ -329,8 +330,7 @@ async fn stream_once(
         tokio::select! {
             image = images.recv(), if !*source_done && pending.len() < cfg.window => match image {
                 Some(image) => {
-                    let frame = to_frame(cfg, *next_sequence, image);
-                    *next_sequence += 1;
+                    let frame = to_frame(cfg, numbering.fetch_add(1, Ordering::Relaxed), image);
                     m.captured();
                     pending.insert(frame.sequence, Pending { frame: frame.clone() });
                     if tx.send(frame).await.is_err() {

@@ -11,6 +11,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use support::pki::Pki;
 use support::{config, Kafka, TestServer};
@@ -173,5 +174,74 @@ async fn only_the_right_certificate_and_token_get_frames_through() {
         "{}",
         stderr(&out)
     );
+
+    // A caller on the edge box asks for detections now, through the agent's local port;
+    // the agent calls Detect with its certificate and token.
+    let watched = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut running = Command::new(env!("CARGO_BIN_EXE_visionfleet-edge-agent"))
+        .args([
+            "--endpoint",
+            &url,
+            "--device-id",
+            "cam-sec",
+            "--source",
+            "watch",
+        ])
+        .arg("--path")
+        .arg(watched.path())
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .args(["--http-addr", &http.to_string()])
+        .args(args(&ok))
+        .spawn()
+        .unwrap();
+    support::eventually_async("the agent's port", Duration::from_secs(20), || async {
+        support::http_get(http, "/healthz")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let bus = std::fs::read(support::models_dir().join("samples/bus.jpg")).unwrap();
+    let (code, body) = support::http_post(http, "/detect", &bus).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let labels: Vec<&str> = answer["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["label"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&"bus") && labels.contains(&"person"),
+        "{answer}"
+    );
+    assert!(
+        answer["event_id"].as_str().unwrap().starts_with("cam-sec/"),
+        "{answer}"
+    );
+    let (code, body) = support::http_post(http, "/detect", b"GIF89a")
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            400,
+            r#"{"error":"the body is neither a JPEG nor a PNG image"}"#
+        )
+    );
+    // A JPEG signature on a truncated image: the pod's own INVALID_ARGUMENT comes back.
+    let (code, body) = support::http_post(http, "/detect", &bus[..2000])
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("InvalidArgument: invalid image"), "{body}");
+    running.kill().unwrap();
+    running.wait().unwrap();
     server.stop().await.unwrap();
 }
