@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::lanes::Lane;
+use crate::spool::now_ms;
 
 /// The attribute that marks urgent frames.
 pub const PRIORITY_ATTRIBUTE: &str = "priority";
@@ -79,12 +80,6 @@ impl Priority {
     pub fn triggers(&self) -> u64 {
         self.triggers.load(Ordering::Relaxed)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

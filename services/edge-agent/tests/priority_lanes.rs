@@ -127,15 +127,7 @@ async fn urgent_frames_survive_a_full_budget_and_go_first() {
         pod,
     )
     .await;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = support::json_output(child).await;
     let lanes = &summary["lanes"];
     assert_eq!(lanes["urgent"]["appended"], URGENT, "{summary}");
     assert_eq!(lanes["urgent"]["acknowledged"], URGENT, "{summary}");

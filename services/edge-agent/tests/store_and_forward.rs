@@ -113,15 +113,7 @@ async fn frames_captured_during_an_outage_are_delivered_when_the_pod_returns() {
         addr,
     )
     .await;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = support::json_output(child).await;
     assert_eq!(summary["acknowledged"], 8, "{summary}");
     assert_eq!(summary["spool"]["appended"], 8, "{summary}");
     assert_eq!(summary["spool"]["acknowledged"], 8, "{summary}");
@@ -237,15 +229,7 @@ async fn a_thirty_second_outage_mid_capture_loses_nothing() {
         "capture went on into the spool: {waiting_during_outage} waiting"
     );
     let server = TestServer::start_on(server_config(), addr).await;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = support::json_output(child).await;
     assert_eq!(summary["spool"]["appended"], FRAMES, "{summary}");
     assert_eq!(summary["spool"]["acknowledged"], FRAMES, "{summary}");
     assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");

@@ -243,6 +243,20 @@ async fn http_request(
     Ok((code, body))
 }
 
+/// Waits for a child process that prints JSON (an agent with `--json`), asserts that it
+/// succeeded (showing its stderr otherwise) and returns what it printed.
+pub async fn json_output(child: std::process::Child) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Polls until `f` returns Some or the deadline passes.
 pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
