@@ -111,7 +111,7 @@ impl Metrics {
         for reason in ["missing", "unknown", "wrong_device"] {
             auth_failures.with_label_values(&[reason]);
         }
-        Self {
+        let m = Self {
             frames_received: counter("vf_frames_received_total", "Frames received"),
             frames_published: counter(
                 "vf_frames_published_total",
@@ -166,7 +166,25 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+        };
+        // Every reason and result present at zero from the start, so that alerts and
+        // dashboards dividing rates always have a series to read.
+        for reason in [
+            "invalid_frame",
+            "invalid_image",
+            "too_large",
+            "unknown_model",
+        ] {
+            m.frames_rejected.with_label_values(&[reason]);
         }
+        for reason in ["kafka", "queue_full", "deadline"] {
+            m.frames_failed.with_label_values(&[reason]);
+        }
+        for result in ["success", "failure"] {
+            m.model_reloads.with_label_values(&[result]);
+            m.device_token_reloads.with_label_values(&[result]);
+        }
+        m
     }
 
     /// Records one batch's stage timings.

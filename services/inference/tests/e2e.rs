@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -231,7 +231,61 @@ async fn every_frame_from_the_agent_becomes_exactly_one_event() {
         String::from_utf8_lossy(&linted.stdout),
         String::from_utf8_lossy(&linted.stderr)
     );
+    assert_dashboards_query_exported_metrics(&metrics);
     server.stop().await.unwrap();
+}
+
+/// Every metric that the chart's Grafana dashboard and alert rules query is one that the
+/// pod (this live scrape) or the edge agent really exports.
+fn assert_dashboards_query_exported_metrics(pod_scrape: &str) {
+    use visionfleet_edge_agent::lanes::Lanes;
+    use visionfleet_edge_agent::metrics::AgentMetrics;
+    use visionfleet_edge_agent::spool::{FullPolicy, SpoolConfig};
+
+    let spool = tempfile::tempdir().unwrap();
+    let lanes = Lanes::open(
+        SpoolConfig {
+            dir: spool.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            ttl: None,
+            policy: FullPolicy::DropOldest,
+            segment_bytes: 1 << 16,
+        },
+        0.25,
+    )
+    .unwrap();
+    let agent = AgentMetrics::new();
+    agent.refresh_spool(&lanes);
+    let agent_scrape = agent.render();
+    let exported = |name: &str| {
+        let type_line = format!("# TYPE {name} ");
+        pod_scrape
+            .lines()
+            .chain(agent_scrape.lines())
+            .any(|l| l.starts_with(&type_line))
+    };
+    for file in [
+        "helm/visionfleet/files/dashboard.json",
+        "helm/visionfleet/files/prometheus-rules.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let names: BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("vf_"))
+            .collect();
+        assert!(names.len() > 5, "{file} names only {names:?}");
+        for name in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| exported(base))
+                .unwrap_or(name);
+            assert!(
+                exported(family),
+                "{file} queries {name}, which no service exports"
+            );
+        }
+    }
 }
 
 fn frame(device: &str, sequence: u64, image: Option<Image>) -> Frame {
