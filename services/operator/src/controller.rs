@@ -1,0 +1,289 @@
+//! The controller: watches `InferencePool`s and the Deployments they own, server-side
+//! applies the objects [`crate::desired`] builds, writes the status [`crate::status`]
+//! computes, and records Events when a condition changes.
+//!
+//! No finalizer: every owned object carries a controller owner reference to its pool, so
+//! the garbage collector deletes them with the pool and there is nothing else to clean up.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{InferencePool, InferencePoolStatus};
+use crate::desired::{self, MANAGER};
+use crate::metrics::{Metrics, Outcome};
+use crate::status::{self, Observed, DEGRADED, PROGRESSING, READY};
+use crate::Error;
+
+/// How often a settled pool is re-applied anyway, which repairs drift in objects the
+/// controller does not watch (Services, PDB, HPA).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How often a pool that is rolling out or not ready is looked at, so `Degraded` turns
+/// true on time even when the Deployment reports nothing new.
+const RECHECK: Duration = Duration::from_secs(30);
+/// Back-off after a failed reconciliation.
+const RETRY: Duration = Duration::from_secs(15);
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events about pools.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose Events name `identity` as the reporting instance.
+    pub fn new(client: Client, metrics: Arc<Metrics>, identity: String) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: Some(identity),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller until `stop` completes. `namespace` limits it to one namespace.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (pools, deployments) = match namespace {
+        Some(ns) => (
+            Api::<InferencePool>::namespaced(ctx.client.clone(), ns),
+            Api::<Deployment>::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (
+            Api::<InferencePool>::all(ctx.client.clone()),
+            Api::<Deployment>::all(ctx.client.clone()),
+        ),
+    };
+    // Only Deployments the operator made: it needs no view of the others.
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=visionfleet-operator");
+    Controller::new(pools, watcher::Config::default())
+        .owns(deployments, owned)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// One reconciliation, timed and counted.
+pub async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = apply_pool(&pool, &ctx).await;
+    let outcome = match &result {
+        Ok((outcome, _)) => *outcome,
+        Err(_) => Outcome::Error,
+    };
+    ctx.metrics
+        .observe(outcome, started.elapsed().as_secs_f64());
+    result.map(|(_, action)| action)
+}
+
+fn error_policy(pool: Arc<InferencePool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(pool = %pool.name_any(), error = %error, "reconcile failed, retrying");
+    Action::requeue(RETRY)
+}
+
+async fn apply_pool(pool: &InferencePool, ctx: &Context) -> Result<(Outcome, Action), Error> {
+    let name = pool.name_any();
+    let ns = pool
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let client = &ctx.client;
+    let pools: Api<InferencePool> = Api::namespaced(client.clone(), &ns);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let previous = pool.status.as_ref();
+
+    if let Err(errors) = pool.spec.validate() {
+        let observed = Observed {
+            pool: &name,
+            generation: pool.metadata.generation,
+            deployment: None,
+            previous,
+            now,
+        };
+        let new = status::invalid(observed, &errors);
+        write_status(&pools, &name, previous, &new).await?;
+        publish(ctx, pool, previous, &new).await;
+        tracing::info!(pool = %name, namespace = %ns, errors = ?errors, "invalid spec");
+        // A fixed spec is a new generation, which triggers the next reconciliation.
+        return Ok((Outcome::Invalid, Action::await_change()));
+    }
+
+    let want = desired::desired(pool)?;
+    let params = PatchParams::apply(MANAGER).force();
+    let deployment = apply(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        &want.deployment,
+        &params,
+    )
+    .await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    apply(&services, &want.service, &params).await?;
+    apply(&services, &want.headless, &params).await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        &want.pdb,
+        &params,
+    )
+    .await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    match &want.hpa {
+        Some(hpa) => {
+            apply(&hpas, hpa, &params).await?;
+        }
+        None => delete_owned_hpa(&hpas, pool, &name).await?,
+    }
+
+    let observed = Observed {
+        pool: &name,
+        generation: pool.metadata.generation,
+        deployment: Some(&deployment),
+        previous,
+        now,
+    };
+    let new = status::status(observed);
+    write_status(&pools, &name, previous, &new).await?;
+    publish(ctx, pool, previous, &new).await;
+    let settled = status::find(&new.conditions, READY).is_some_and(|c| c.status == "True")
+        && status::find(&new.conditions, PROGRESSING).is_some_and(|c| c.status == "False");
+    Ok((
+        Outcome::Ok,
+        Action::requeue(if settled { RESYNC } else { RECHECK }),
+    ))
+}
+
+/// Server-side applies `object` and returns what the API server stored.
+async fn apply<K>(api: &Api<K>, object: &K, params: &PatchParams) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    Ok(api.patch(&name, params, &Patch::Apply(object)).await?)
+}
+
+/// Removes the HPA after `spec.autoscaling` is dropped, but only one this pool owns.
+async fn delete_owned_hpa(
+    hpas: &Api<HorizontalPodAutoscaler>,
+    pool: &InferencePool,
+    name: &str,
+) -> Result<(), Error> {
+    let Some(hpa) = hpas.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = desired::owner_reference(pool)
+        .is_some_and(|o| hpa.owner_references().iter().any(|r| r.uid == o.uid));
+    if ours {
+        hpas.delete(name, &DeleteParams::default()).await?;
+        tracing::info!(pool = %name, "autoscaling removed, HPA deleted");
+    }
+    Ok(())
+}
+
+/// Writes the status subresource when it changed.
+async fn write_status(
+    pools: &Api<InferencePool>,
+    name: &str,
+    previous: Option<&InferencePoolStatus>,
+    new: &InferencePoolStatus,
+) -> Result<(), Error> {
+    if previous == Some(new) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": InferencePool::api_version(&()),
+        "kind": InferencePool::kind(&()),
+        "status": new,
+    });
+    pools
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records an Event for each condition that changed; a failure to record is logged, not
+/// retried (Events are best effort).
+async fn publish(
+    ctx: &Context,
+    pool: &InferencePool,
+    previous: Option<&InferencePoolStatus>,
+    new: &InferencePoolStatus,
+) {
+    let reference = pool.object_ref(&());
+    for event in events(previous, new) {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(pool = %pool.name_any(), error = %e, reason = %event.reason, "recording an event failed");
+        }
+    }
+}
+
+/// The Events for the conditions whose status differs from `previous`: `Ready` and
+/// `Progressing` changes are Normal, `Degraded` turning true and `Ready` turning false
+/// are Warnings.
+pub fn events(previous: Option<&InferencePoolStatus>, new: &InferencePoolStatus) -> Vec<Event> {
+    let before = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    new.conditions
+        .iter()
+        .filter(|c| status::find(before, &c.type_).is_none_or(|b| b.status != c.status))
+        // Progressing turning false after a rollout says nothing Ready does not.
+        .filter(|c| !(c.type_ == PROGRESSING && c.status == "False" && c.reason == "RolledOut"))
+        // Nothing to say for a pool that was never degraded.
+        .filter(|c| {
+            !(c.type_ == DEGRADED
+                && c.status == "False"
+                && status::find(before, DEGRADED).is_none())
+        })
+        .map(|c| {
+            let warning = (c.type_ == DEGRADED && c.status == "True")
+                || (c.type_ == READY
+                    && c.status == "False"
+                    && status::find(before, READY).is_some());
+            Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(format!("{}={}: {}", c.type_, c.status, c.message)),
+                action: "Reconcile".to_string(),
+                secondary: None,
+            }
+        })
+        .collect()
+}
