@@ -287,3 +287,94 @@ pub fn events(previous: Option<&InferencePoolStatus>, new: &InferencePoolStatus)
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn with(conditions: &[(&str, &str, &str)]) -> InferencePoolStatus {
+        InferencePoolStatus {
+            conditions: conditions
+                .iter()
+                .map(|(t, s, r)| Condition {
+                    type_: t.to_string(),
+                    status: s.to_string(),
+                    reason: r.to_string(),
+                    message: "m".into(),
+                    observed_generation: Some(1),
+                    last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                })
+                .collect(),
+            ..InferencePoolStatus::default()
+        }
+    }
+
+    fn summary(events: &[Event]) -> Vec<(EventType, &str)> {
+        events
+            .iter()
+            .map(|e| (e.type_, e.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_pool_records_that_it_is_being_created() {
+        let new = with(&[
+            ("Ready", "False", "DeploymentMissing"),
+            ("Progressing", "True", "Creating"),
+            ("Degraded", "False", "AsExpected"),
+        ]);
+        let events = events(None, &new);
+        assert_eq!(
+            summary(&events),
+            vec![
+                (EventType::Normal, "DeploymentMissing"),
+                (EventType::Normal, "Creating")
+            ]
+        );
+        assert_eq!(events[1].note.as_deref(), Some("Progressing=True: m"));
+        assert_eq!(events[1].action, "Reconcile");
+    }
+
+    #[test]
+    fn only_changed_conditions_record_events() {
+        let before = with(&[
+            ("Ready", "True", "PodsReady"),
+            ("Progressing", "True", "RollingOut"),
+            ("Degraded", "False", "AsExpected"),
+        ]);
+        assert!(events(Some(&before), &before).is_empty());
+        let rolled_out = with(&[
+            ("Ready", "True", "PodsReady"),
+            ("Progressing", "False", "RolledOut"),
+            ("Degraded", "False", "AsExpected"),
+        ]);
+        assert!(events(Some(&before), &rolled_out).is_empty());
+        let broken = with(&[
+            ("Ready", "False", "PodsNotReady"),
+            ("Progressing", "False", "ProgressDeadlineExceeded"),
+            ("Degraded", "True", "ProgressDeadlineExceeded"),
+        ]);
+        assert_eq!(
+            summary(&events(Some(&before), &broken)),
+            vec![
+                (EventType::Warning, "PodsNotReady"),
+                (EventType::Normal, "ProgressDeadlineExceeded"),
+                (EventType::Warning, "ProgressDeadlineExceeded"),
+            ]
+        );
+        let recovered = with(&[
+            ("Ready", "True", "PodsReady"),
+            ("Progressing", "False", "RolledOut"),
+            ("Degraded", "False", "AsExpected"),
+        ]);
+        assert_eq!(
+            summary(&events(Some(&broken), &recovered)),
+            vec![
+                (EventType::Normal, "PodsReady"),
+                (EventType::Normal, "AsExpected")
+            ]
+        );
+    }
+}

@@ -25,6 +25,7 @@ pub const DEFAULT_TARGET_CPU_PERCENT: i32 = 70;
     kind = "InferencePool",
     namespaced,
     shortname = "ipool",
+    doc = "A pool of VisionFleet inference pods serving the same models and publishing detections to one Kafka topic",
     status = "InferencePoolStatus",
     scale(
         spec_replicas_path = ".spec.replicas",
