@@ -361,6 +361,20 @@ impl InferencePoolSpec {
             if a.metric.as_ref().is_some_and(|m| m.name.is_empty()) {
                 bad("spec.autoscaling.metric.name", "must not be empty".into());
             }
+            // Utilisation is a share of the request: without one the HPA has nothing to
+            // compute and never scales.
+            let cpu_target = a.target_cpu_utilization_percent.is_some() || a.metric.is_none();
+            let cpu_request = self
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .is_some_and(|r| r.cpu.is_some());
+            if cpu_target && !cpu_request {
+                bad(
+                    "spec.resources.requests.cpu",
+                    "required when autoscaling on CPU utilisation".into(),
+                );
+            }
         }
         if let Some(g) = &self.gpu {
             if g.count < 0 {
@@ -480,6 +494,13 @@ mod tests {
     fn fixed_replicas_and_autoscaling_conflict() {
         let mut s = spec();
         s.replicas = Some(3);
+        s.resources = Some(ComputeResources {
+            requests: Some(CpuMemory {
+                cpu: Some(Quantity("1".into())),
+                memory: None,
+            }),
+            limits: None,
+        });
         s.autoscaling = Some(Autoscaling {
             min_replicas: 4,
             max_replicas: 2,
@@ -494,6 +515,29 @@ mod tests {
                 "spec.autoscaling.targetCPUUtilizationPercent: must be at least 1",
             ]
         );
+    }
+
+    #[test]
+    fn cpu_autoscaling_needs_a_cpu_request() {
+        let mut s = spec();
+        s.autoscaling = Some(Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_cpu_utilization_percent: None,
+            metric: None,
+        });
+        assert_eq!(
+            fields(&s),
+            vec!["spec.resources.requests.cpu: required when autoscaling on CPU utilisation"]
+        );
+        // A custom metric alone needs no CPU request.
+        if let Some(a) = s.autoscaling.as_mut() {
+            a.metric = Some(MetricTarget {
+                name: "visionfleet_inference_queue_depth".into(),
+                average_value: Quantity("16".into()),
+            });
+        }
+        s.validate().unwrap();
     }
 
     #[test]
