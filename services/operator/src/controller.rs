@@ -254,9 +254,28 @@ async fn publish(
 
 /// The Events for the conditions whose status differs from `previous`: `Ready` and
 /// `Progressing` changes are Normal, `Degraded` turning true and `Ready` turning false
-/// are Warnings.
+/// are Warnings. Conditions that changed for the same reason (`InvalidSpec` turns all three)
+/// make one Event, the Warning if there is one: the recorder would fold them into one
+/// series anyway.
 pub fn events(previous: Option<&InferencePoolStatus>, new: &InferencePoolStatus) -> Vec<Event> {
     let before = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    let mut out: Vec<Event> = Vec::new();
+    for event in condition_events(before, new) {
+        match out.iter_mut().find(|e| e.reason == event.reason) {
+            Some(seen) if seen.type_ == EventType::Normal && event.type_ == EventType::Warning => {
+                *seen = event;
+            }
+            Some(_) => {}
+            None => out.push(event),
+        }
+    }
+    out
+}
+
+fn condition_events<'a>(
+    before: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &'a InferencePoolStatus,
+) -> impl Iterator<Item = Event> + 'a {
     new.conditions
         .iter()
         .filter(|c| status::find(before, &c.type_).is_none_or(|b| b.status != c.status))
@@ -285,7 +304,6 @@ pub fn events(previous: Option<&InferencePoolStatus>, new: &InferencePoolStatus)
                 secondary: None,
             }
         })
-        .collect()
 }
 
 #[cfg(test)]
@@ -338,6 +356,18 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_spec_is_one_warning() {
+        let new = with(&[
+            ("Ready", "False", "InvalidSpec"),
+            ("Progressing", "False", "InvalidSpec"),
+            ("Degraded", "True", "InvalidSpec"),
+        ]);
+        let events = events(None, &new);
+        assert_eq!(summary(&events), vec![(EventType::Warning, "InvalidSpec")]);
+        assert_eq!(events[0].note.as_deref(), Some("Degraded=True: m"));
+    }
+
+    #[test]
     fn only_changed_conditions_record_events() {
         let before = with(&[
             ("Ready", "True", "PodsReady"),
@@ -360,7 +390,6 @@ mod tests {
             summary(&events(Some(&before), &broken)),
             vec![
                 (EventType::Warning, "PodsNotReady"),
-                (EventType::Normal, "ProgressDeadlineExceeded"),
                 (EventType::Warning, "ProgressDeadlineExceeded"),
             ]
         );
@@ -376,5 +405,236 @@ mod tests {
                 (EventType::Normal, "AsExpected")
             ]
         );
+    }
+
+    mod against_a_mock_api_server {
+        use std::pin::pin;
+
+        use super::*;
+        use crate::fixtures::{pool, spec};
+        use http::{Request, Response};
+        use kube::client::Body;
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        /// One expected call and how to answer it.
+        struct Call {
+            method: &'static str,
+            path: &'static str,
+            answer: Answer,
+        }
+
+        enum Answer {
+            /// The request body back, as the API server answers an apply.
+            Echo,
+            /// This JSON with this status code.
+            Json(u16, serde_json::Value),
+        }
+
+        fn status_json(code: u16, reason: &str) -> serde_json::Value {
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": reason, "reason": reason, "code": code})
+        }
+
+        /// Answers `calls` in order, checking each request; returns the bodies received.
+        async fn serve(handle: Handle, calls: Vec<Call>) -> Vec<serde_json::Value> {
+            let mut handle = pin!(handle);
+            let mut bodies = Vec::new();
+            for call in calls {
+                let (request, send) = handle.next_request().await.expect("a request");
+                assert_eq!(request.method().as_str(), call.method, "{}", request.uri());
+                assert_eq!(request.uri().path(), call.path);
+                if call.method == "PATCH" {
+                    let query = request.uri().query().unwrap_or_default();
+                    assert!(
+                        query.contains("fieldManager=visionfleet-operator")
+                            && query.contains("force=true"),
+                        "{query}"
+                    );
+                    assert_eq!(
+                        request.headers()[http::header::CONTENT_TYPE],
+                        "application/apply-patch+yaml"
+                    );
+                }
+                let body = request.into_body().collect_bytes().await.expect("body");
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                bodies.push(json);
+                let response = match call.answer {
+                    Answer::Echo => Response::new(Body::from(body.to_vec())),
+                    Answer::Json(code, value) => Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&value).expect("json")))
+                        .expect("response"),
+                };
+                send.send_response(response);
+            }
+            bodies
+        }
+
+        fn context() -> (Arc<Context>, Handle) {
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let ctx = Context::new(client, Arc::new(Metrics::new()), "test-0".into());
+            (Arc::new(ctx), handle)
+        }
+
+        const NS: &str = "/namespaces/vision";
+
+        #[tokio::test]
+        async fn a_new_pool_is_applied_and_its_status_written() {
+            let (ctx, handle) = context();
+            let p = pool(spec());
+            let stored = serde_json::to_value(&p).expect("json");
+            let path = |p: &str| Box::leak(p.replace("{ns}", NS).into_boxed_str()) as &str;
+            let calls = vec![
+                Call {
+                    method: "PATCH",
+                    path: path("/apis/apps/v1{ns}/deployments/cams"),
+                    answer: Answer::Echo,
+                },
+                Call {
+                    method: "PATCH",
+                    path: path("/api/v1{ns}/services/cams"),
+                    answer: Answer::Echo,
+                },
+                Call {
+                    method: "PATCH",
+                    path: path("/api/v1{ns}/services/cams-headless"),
+                    answer: Answer::Echo,
+                },
+                Call {
+                    method: "PATCH",
+                    path: path("/apis/policy/v1{ns}/poddisruptionbudgets/cams"),
+                    answer: Answer::Echo,
+                },
+                Call {
+                    method: "GET",
+                    path: path("/apis/autoscaling/v2{ns}/horizontalpodautoscalers/cams"),
+                    answer: Answer::Json(404, status_json(404, "NotFound")),
+                },
+                Call {
+                    method: "PATCH",
+                    path: path("/apis/visionfleet.io/v1alpha1{ns}/inferencepools/cams/status"),
+                    answer: Answer::Json(200, stored),
+                },
+                Call {
+                    method: "POST",
+                    path: path("/apis/events.k8s.io/v1{ns}/events"),
+                    answer: Answer::Echo,
+                },
+                Call {
+                    method: "POST",
+                    path: path("/apis/events.k8s.io/v1{ns}/events"),
+                    answer: Answer::Echo,
+                },
+            ];
+            let server = tokio::spawn(serve(handle, calls));
+            let action =
+                tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(p), ctx.clone()))
+                    .await
+                    .expect("reconcile finished")
+                    .expect("reconcile succeeded");
+            assert_eq!(action, Action::requeue(RECHECK));
+            let bodies = server.await.expect("server");
+            assert_eq!(bodies[0]["kind"], "Deployment");
+            assert_eq!(
+                bodies[0]["metadata"]["ownerReferences"][0]["kind"],
+                "InferencePool"
+            );
+            let status = &bodies[5];
+            assert_eq!(status["apiVersion"], "visionfleet.io/v1alpha1");
+            assert_eq!(status["status"]["observedGeneration"], 2);
+            let conditions: Vec<_> = status["status"]["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .map(|c| {
+                    (
+                        c["type"].as_str(),
+                        c["status"].as_str(),
+                        c["reason"].as_str(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                conditions,
+                vec![
+                    (Some("Ready"), Some("False"), Some("PodsNotReady")),
+                    (Some("Progressing"), Some("True"), Some("RollingOut")),
+                    (Some("Degraded"), Some("False"), Some("AsExpected")),
+                ]
+            );
+            assert_eq!(bodies[6]["reason"], "PodsNotReady");
+            assert_eq!(bodies[6]["reportingController"], "visionfleet-operator");
+            assert_eq!(bodies[7]["reason"], "RollingOut");
+            assert!(ctx
+                .metrics
+                .render()
+                .contains("visionfleet_operator_reconciliations_total{result=\"ok\"} 1"));
+        }
+
+        #[tokio::test]
+        async fn an_api_error_fails_the_reconciliation() {
+            let (ctx, handle) = context();
+            let calls = vec![Call {
+                method: "PATCH",
+                path: "/apis/apps/v1/namespaces/vision/deployments/cams",
+                answer: Answer::Json(403, status_json(403, "Forbidden")),
+            }];
+            let server = tokio::spawn(serve(handle, calls));
+            let result = tokio::time::timeout(
+                Duration::from_secs(10),
+                reconcile(Arc::new(pool(spec())), ctx.clone()),
+            )
+            .await
+            .expect("reconcile finished");
+            assert!(matches!(result, Err(Error::Kube(_))), "{result:?}");
+            server.await.expect("server");
+            assert!(ctx
+                .metrics
+                .render()
+                .contains("visionfleet_operator_reconciliations_total{result=\"error\"} 1"));
+        }
+
+        #[tokio::test]
+        async fn an_invalid_pool_only_gets_its_status() {
+            let (ctx, handle) = context();
+            let mut s = spec();
+            s.models.clear();
+            let p = pool(s);
+            let stored = serde_json::to_value(&p).expect("json");
+            let calls = vec![
+                Call {
+                    method: "PATCH",
+                    path:
+                        "/apis/visionfleet.io/v1alpha1/namespaces/vision/inferencepools/cams/status",
+                    answer: Answer::Json(200, stored),
+                },
+                Call {
+                    method: "POST",
+                    path: "/apis/events.k8s.io/v1/namespaces/vision/events",
+                    answer: Answer::Echo,
+                },
+            ];
+            let server = tokio::spawn(serve(handle, calls));
+            let action =
+                tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(p), ctx.clone()))
+                    .await
+                    .expect("reconcile finished")
+                    .expect("reconcile succeeded");
+            assert_eq!(action, Action::await_change());
+            let bodies = server.await.expect("server");
+            assert_eq!(
+                bodies[0]["status"]["conditions"][2]["message"],
+                "spec.models: name at least one model"
+            );
+            assert_eq!(bodies.len(), 2);
+            assert_eq!(bodies[1]["type"], "Warning");
+            assert_eq!(bodies[1]["reason"], "InvalidSpec");
+            assert!(ctx
+                .metrics
+                .render()
+                .contains("visionfleet_operator_reconciliations_total{result=\"invalid\"} 1"));
+        }
     }
 }
