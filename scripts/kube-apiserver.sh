@@ -149,9 +149,25 @@ for r in json.load(sys.stdin).get("Replace") or []:
     echo "replace block matches k8s.io/kubernetes@$kver ($(wc -l <<<"$want") modules)"
     return 0
   fi
-  local args=() old
-  while read -r old _ _ ver; do args+=("-dropreplace=$old" "-replace=$old=$old@$ver"); done <<<"$want"
-  (cd "$API_MOD" && "$GO" mod edit "${args[@]}" && "$GO" mod tidy)
+  # Drop every replace directive (and the comment above ours), then append the block.
+  (cd "$API_MOD" && "$GO" mod edit -json |
+    python3 -c 'import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    print("-dropreplace=" + r["Old"]["Path"])' | xargs -r "$GO" mod edit)
+  python3 - "$API_MOD/go.mod" "$kver" "$staging" "$want" <<'PY'
+import re, sys
+path, kver, staging, want = sys.argv[1:]
+text = open(path).read()
+text = re.sub(r"\n// k8s.io/kubernetes requires its staging modules.*?(?=\n[^/]|\Z)", "", text, flags=re.S)
+text = text.rstrip("\n") + "\n\n" + (
+    "// k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them\n"
+    f"// with ./staging/src/...; the published copies of the same release are {staging}.\n"
+    f"// Generated from k8s.io/kubernetes {kver}'s go.mod replace block (see\n"
+    "// scripts/kube-apiserver.sh gen-replace).\n"
+    "replace (\n" + "".join("\t" + line + "\n" for line in want.splitlines()) + ")\n")
+open(path, "w").write(text)
+PY
+  (cd "$API_MOD" && "$GO" mod tidy)
   echo "wrote $(wc -l <<<"$want") replacements for k8s.io/kubernetes@$kver into $API_MOD/go.mod"
 }
 
