@@ -367,15 +367,29 @@ start_apiserver() { # dir deadline
 # that dies (or a test binary whose statics are never dropped) leaves no server behind.
 # All its file descriptors are closed, so the caller's pipes see end-of-file.
 start_watchdog() { # dir pid cleanup
+  # shellcheck disable=SC2016 # the inner script expands its own arguments
   setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
-    "$2" stop --dir "$3" --kill
+    VF_KUBE_WATCHDOG_PID=$$ "$2" stop --dir "$3" --kill
     [[ -n "$4" ]] && rm -rf "$3"' \
     _ "$2" "$ROOT/scripts/kube-apiserver.sh" "$1" "$3" </dev/null >/dev/null 2>&1 &
+  set_pid "$1" watchdog "$!"
+}
+
+# An earlier start's watchdog of DIR, if it still runs: a `stop` ends it, so that it can
+# not later kill servers that a new start on the same DIR runs for another owner.
+stop_watchdog() { # dir
+  local pid
+  pid=$(awk '$1 == "watchdog" { print $2 }' "$1/pids" 2>/dev/null | tail -n 1)
+  if [[ -n "$pid" && "$pid" != "${VF_KUBE_WATCHDOG_PID:-}" && -r /proc/$pid/cmdline ]] &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "kube-apiserver.sh $1 "; then
+    kill "$pid" 2>/dev/null || true
+  fi
+  set_pid "$1" watchdog ""
 }
 
 # ------------------------------------------------------------------------- commands
 
-DIR="" TIMEOUT="" KILL_NOW=0 OWNER_PID="" CLEANUP=""
+DIR="" DIR_GIVEN="" TIMEOUT="" KILL_NOW=0 OWNER_PID="" CLEANUP=""
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -388,12 +402,18 @@ parse_args() {
     esac
   done
   [[ -n "$DIR" ]] || die "--dir DIR is required"
-  mkdir -p "$DIR"
+  DIR_GIVEN=$DIR
+  if [[ "$cmd" == start ]]; then
+    mkdir -p "$DIR"
+  elif [[ ! -d "$DIR" ]]; then
+    DIR="" # nothing was ever started there
+    return 0
+  fi
   DIR=$(cd "$DIR" && pwd)
 }
 
 load_ports() {
-  [[ -f "$DIR/ports.env" ]] || die "no test bed in $DIR (run: kube-apiserver.sh start --dir $DIR)"
+  [[ -n "$DIR" && -f "$DIR/ports.env" ]] || die "no test bed in $DIR_GIVEN (run: kube-apiserver.sh start --dir $DIR_GIVEN)"
   # shellcheck disable=SC1091
   source "$DIR/ports.env"
 }
@@ -404,7 +424,7 @@ cmd_start() {
   cmd_install
   local deadline=$((SECONDS + ${TIMEOUT:-120})) ports
   if [[ ! -f "$DIR/ports.env" ]]; then
-    ports=($(pick_ports 3))
+    read -r -a ports <<<"$(pick_ports 3)"
     printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\n' "${ports[@]}" >"$DIR/ports.env"
   fi
   load_ports
@@ -413,17 +433,21 @@ cmd_start() {
   start_etcd "$DIR" "$deadline"
   start_apiserver "$DIR" "$deadline"
   write_kubeconfig "$DIR" "$APISERVER_PORT"
-  [[ -z "$OWNER_PID" ]] || start_watchdog "$DIR" "$OWNER_PID" "$CLEANUP"
+  if [[ -n "$OWNER_PID" ]]; then
+    stop_watchdog "$DIR"
+    start_watchdog "$DIR" "$OWNER_PID" "$CLEANUP"
+  fi
   echo "kubeconfig=$DIR/kubeconfig"
   echo "server=https://127.0.0.1:$APISERVER_PORT"
 }
 
 cmd_stop() {
   parse_args "$@"
-  [[ -f "$DIR/pids" ]] || return 0 # never started: nothing to do
+  [[ -n "$DIR" && -f "$DIR/pids" ]] || return 0 # never started: nothing to do
   local sig=TERM
   ((KILL_NOW)) && sig=KILL
   stop_servers "$DIR" "$sig" "${TIMEOUT:-30}" kube-apiserver etcd
+  stop_watchdog "$DIR"
 }
 
 cmd_status() {
