@@ -4,6 +4,7 @@
 use clap::Parser;
 use visionfleet_edge_agent::status::{self, StatusArgs};
 use visionfleet_edge_agent::{run, AgentConfig, Summary};
+use visionfleet_process::{init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,34 +43,6 @@ async fn main() -> anyhow::Result<()> {
         print_summary(&device, &summary);
     }
     Ok(())
-}
-
-/// Logs to stderr, filtered by `VF_LOG` (default `info`), as text or JSON lines.
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
-}
-
-/// SIGINT or SIGTERM (Kubernetes and systemd stop with the latter).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending().await,
-            }
-        } => {}
-    }
 }
 
 fn print_summary(device: &str, summary: &Summary) {

@@ -4,11 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use visionfleet_inference::{run, Config};
+use visionfleet_process::{init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_tracing(&config.log_format);
+    init_logging(&config.log_format);
     config.validate()?;
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -19,32 +20,4 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "listening");
     run(config, grpc, http, shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use visionfleet_operator::{crd_yaml, run, Config};
+use visionfleet_process::{init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::parse();
-    init_tracing(&config.log_format);
+    init_logging(&config.log_format);
     config.validate().map_err(anyhow::Error::msg)?;
     // rustls needs a process-wide crypto provider; kube is built with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -26,31 +27,4 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(http = %http.local_addr()?, "listening");
     run(config, client, http, shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// SIGINT or SIGTERM (Kubernetes stops pods with the latter).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending().await,
-            }
-        } => {}
-    }
 }
