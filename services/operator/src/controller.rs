@@ -4,6 +4,14 @@
 //!
 //! No finalizer: every owned object carries a controller owner reference to its pool, so
 //! the garbage collector deletes them with the pool and there is nothing else to clean up.
+//!
+//! Optional APIs (the Prometheus operator's ServiceMonitor, KEDA's ScaledObject) are
+//! discovered on every reconciliation of a valid pool, before anything is applied: one GET of each
+//! API group version (`/apis/monitoring.coreos.com/v1`, `/apis/keda.sh/v1alpha1`), which
+//! every authenticated user may read (the default `system:discovery` role), so no RBAC
+//! grant is needed and no cache can go stale when a CRD is installed or removed. The cost
+//! is two cheap discovery reads per reconciliation (at most one per pool every 30 s when
+//! nothing changes).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -22,7 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::crd::{InferencePool, InferencePoolStatus};
-use crate::desired::{self, MANAGER};
+use crate::desired::{self, Served, MANAGER};
 use crate::metrics::{Metrics, Outcome};
 use crate::status::{self, Observed, DEGRADED, PROGRESSING, READY};
 use crate::Error;
@@ -137,7 +145,8 @@ async fn apply_pool(pool: &InferencePool, ctx: &Context) -> Result<(Outcome, Act
         return Ok((Outcome::Invalid, Action::await_change()));
     }
 
-    let want = desired::desired(pool)?;
+    let served = served(client).await?;
+    let want = desired::desired_for(pool, served)?;
     let params = PatchParams::apply(MANAGER).force();
     let deployment = apply(
         &Api::<Deployment>::namespaced(client.clone(), &ns),
@@ -159,7 +168,30 @@ async fn apply_pool(pool: &InferencePool, ctx: &Context) -> Result<(Outcome, Act
         Some(hpa) => {
             apply(&hpas, hpa, &params).await?;
         }
-        None => delete_owned_hpa(&hpas, pool, &name).await?,
+        None => delete_owned(&hpas, pool, &name, "HPA").await?,
+    }
+    if served.scaled_object {
+        let scaled: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &desired::scaled_object_resource());
+        match &want.scaled_object {
+            Some(so) => {
+                apply(&scaled, so, &params).await?;
+            }
+            None => delete_owned(&scaled, pool, &name, "ScaledObject").await?,
+        }
+    } else if pool
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| a.engine == crate::crd::AutoscalingEngine::Keda)
+    {
+        tracing::warn!(pool = %name, namespace = %ns,
+            "autoscaling.engine is keda but keda.sh/v1alpha1 is not served: using an HPA");
+    }
+    if let Some(sm) = &want.service_monitor {
+        let monitors: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &desired::service_monitor_resource());
+        apply(&monitors, sm, &params).await?;
     }
 
     let observed = Observed {
@@ -193,20 +225,43 @@ where
     Ok(api.patch(&name, params, &Patch::Apply(object)).await?)
 }
 
-/// Removes the HPA after `spec.autoscaling` is dropped, but only one this pool owns.
-async fn delete_owned_hpa(
-    hpas: &Api<HorizontalPodAutoscaler>,
+/// Which optional APIs the cluster serves, by API discovery.
+async fn served(client: &Client) -> Result<Served, Error> {
+    Ok(Served {
+        service_monitor: serves(client, "monitoring.coreos.com/v1", "servicemonitors").await?,
+        scaled_object: serves(client, "keda.sh/v1alpha1", "scaledobjects").await?,
+    })
+}
+
+/// Whether `group_version` is served and lists `plural` (a 404 means it is not).
+async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool, Error> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the object `name` (the HPA after `spec.autoscaling` is dropped or KEDA takes
+/// over, the ScaledObject after autoscaling or the `keda` engine is dropped), but only one
+/// this pool owns.
+async fn delete_owned<K>(
+    api: &Api<K>,
     pool: &InferencePool,
     name: &str,
-) -> Result<(), Error> {
-    let Some(hpa) = hpas.get_opt(name).await? else {
+    what: &str,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(object) = api.get_opt(name).await? else {
         return Ok(());
     };
     let ours = desired::owner_reference(pool)
-        .is_some_and(|o| hpa.owner_references().iter().any(|r| r.uid == o.uid));
+        .is_some_and(|o| object.owner_references().iter().any(|r| r.uid == o.uid));
     if ours {
-        hpas.delete(name, &DeleteParams::default()).await?;
-        tracing::info!(pool = %name, "autoscaling removed, HPA deleted");
+        api.delete(name, &DeleteParams::default()).await?;
+        tracing::info!(pool = %name, "{what} no longer wanted, deleted");
     }
     Ok(())
 }
@@ -488,6 +543,16 @@ mod tests {
             let path = |p: &str| Box::leak(p.replace("{ns}", NS).into_boxed_str()) as &str;
             let calls = vec![
                 Call {
+                    method: "GET",
+                    path: "/apis/monitoring.coreos.com/v1",
+                    answer: Answer::Json(404, status_json(404, "NotFound")),
+                },
+                Call {
+                    method: "GET",
+                    path: "/apis/keda.sh/v1alpha1",
+                    answer: Answer::Json(404, status_json(404, "NotFound")),
+                },
+                Call {
                     method: "PATCH",
                     path: path("/apis/apps/v1{ns}/deployments/cams"),
                     answer: Answer::Echo,
@@ -536,12 +601,12 @@ mod tests {
                     .expect("reconcile succeeded");
             assert_eq!(action, Action::requeue(RECHECK));
             let bodies = server.await.expect("server");
-            assert_eq!(bodies[0]["kind"], "Deployment");
+            assert_eq!(bodies[2]["kind"], "Deployment");
             assert_eq!(
-                bodies[0]["metadata"]["ownerReferences"][0]["kind"],
+                bodies[2]["metadata"]["ownerReferences"][0]["kind"],
                 "InferencePool"
             );
-            let status = &bodies[5];
+            let status = &bodies[7];
             assert_eq!(status["apiVersion"], "visionfleet.io/v1alpha1");
             assert_eq!(status["status"]["observedGeneration"], 2);
             let conditions: Vec<_> = status["status"]["conditions"]
@@ -564,9 +629,9 @@ mod tests {
                     (Some("Degraded"), Some("False"), Some("AsExpected")),
                 ]
             );
-            assert_eq!(bodies[6]["reason"], "PodsNotReady");
-            assert_eq!(bodies[6]["reportingController"], "visionfleet-operator");
-            assert_eq!(bodies[7]["reason"], "RollingOut");
+            assert_eq!(bodies[8]["reason"], "PodsNotReady");
+            assert_eq!(bodies[8]["reportingController"], "visionfleet-operator");
+            assert_eq!(bodies[9]["reason"], "RollingOut");
             assert!(ctx
                 .metrics
                 .render()
@@ -576,11 +641,23 @@ mod tests {
         #[tokio::test]
         async fn an_api_error_fails_the_reconciliation() {
             let (ctx, handle) = context();
-            let calls = vec![Call {
-                method: "PATCH",
-                path: "/apis/apps/v1/namespaces/vision/deployments/cams",
-                answer: Answer::Json(403, status_json(403, "Forbidden")),
-            }];
+            let calls = vec![
+                Call {
+                    method: "GET",
+                    path: "/apis/monitoring.coreos.com/v1",
+                    answer: Answer::Json(404, status_json(404, "NotFound")),
+                },
+                Call {
+                    method: "GET",
+                    path: "/apis/keda.sh/v1alpha1",
+                    answer: Answer::Json(404, status_json(404, "NotFound")),
+                },
+                Call {
+                    method: "PATCH",
+                    path: "/apis/apps/v1/namespaces/vision/deployments/cams",
+                    answer: Answer::Json(403, status_json(403, "Forbidden")),
+                },
+            ];
             let server = tokio::spawn(serve(handle, calls));
             let result = tokio::time::timeout(
                 Duration::from_secs(10),

@@ -129,8 +129,31 @@ pub struct Autoscaling {
     #[schemars(range(min = 1))]
     pub target_cpu_utilization_percent: Option<i32>,
     /// A per-pod metric (from a custom metrics adapter) to aim for, such as the queue depth.
+    /// Only with the `hpa` engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<MetricTarget>,
+    /// What scales the Deployment: `hpa` (default) an `autoscaling/v2` HPA the operator
+    /// owns; `keda` a KEDA `ScaledObject` (KEDA then makes and owns the HPA), used when the
+    /// cluster serves `keda.sh/v1alpha1` and falling back to an HPA while it does not.
+    #[serde(default, skip_serializing_if = "AutoscalingEngine::is_default")]
+    pub engine: AutoscalingEngine,
+}
+
+/// Which autoscaler drives a pool.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalingEngine {
+    /// A HorizontalPodAutoscaler made by the operator.
+    #[default]
+    Hpa,
+    /// A KEDA ScaledObject made by the operator (KEDA makes the HPA).
+    Keda,
+}
+
+impl AutoscalingEngine {
+    fn is_default(&self) -> bool {
+        *self == AutoscalingEngine::Hpa
+    }
 }
 
 /// A per-pod custom metric and the average value to hold it at.
@@ -352,6 +375,14 @@ impl InferencePoolSpec {
                     format!("must be at least minReplicas ({})", a.min_replicas),
                 );
             }
+            if a.engine == AutoscalingEngine::Keda && a.metric.is_some() {
+                bad(
+                    "spec.autoscaling.metric",
+                    "not supported with engine keda (a KEDA trigger needs its own source, \
+                     such as a Prometheus query); use targetCPUUtilizationPercent or engine hpa"
+                        .into(),
+                );
+            }
             if a.target_cpu_utilization_percent.is_some_and(|t| t < 1) {
                 bad(
                     "spec.autoscaling.targetCPUUtilizationPercent",
@@ -506,6 +537,7 @@ mod tests {
             max_replicas: 2,
             target_cpu_utilization_percent: Some(0),
             metric: None,
+            engine: AutoscalingEngine::Hpa,
         });
         assert_eq!(
             fields(&s),
@@ -525,6 +557,7 @@ mod tests {
             max_replicas: 3,
             target_cpu_utilization_percent: None,
             metric: None,
+            engine: AutoscalingEngine::Hpa,
         });
         assert_eq!(
             fields(&s),
@@ -561,5 +594,30 @@ mod tests {
         let gpu: Gpu = serde_json::from_value(serde_json::json!({"count": 1})).unwrap();
         assert_eq!(gpu.resource, "nvidia.com/gpu");
         assert!(gpu.node_selector.is_empty() && gpu.tolerations.is_empty());
+    }
+
+    #[test]
+    fn the_keda_engine_takes_no_custom_metric() {
+        let mut s = spec();
+        s.autoscaling = Some(Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_cpu_utilization_percent: None,
+            metric: Some(MetricTarget {
+                name: "visionfleet_inference_queue_depth".into(),
+                average_value: Quantity("16".into()),
+            }),
+            engine: AutoscalingEngine::Keda,
+        });
+        assert_eq!(
+            fields(&s),
+            vec!["spec.autoscaling.metric: not supported with engine keda (a KEDA trigger needs its own source, such as a Prometheus query); use targetCPUUtilizationPercent or engine hpa"]
+        );
+        let json = serde_json::to_value(s.autoscaling.as_ref()).unwrap();
+        assert_eq!(json["engine"], "keda");
+        let parsed: Autoscaling =
+            serde_json::from_value(serde_json::json!({"minReplicas": 1, "maxReplicas": 2}))
+                .unwrap();
+        assert_eq!(parsed.engine, AutoscalingEngine::Hpa);
     }
 }

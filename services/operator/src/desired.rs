@@ -1,6 +1,7 @@
 //! What an `InferencePool` should look like in the cluster: the Deployment, the two
-//! Services, the PodDisruptionBudget and the HPA, built without any I/O so each decision is
-//! unit-tested.
+//! Services, the PodDisruptionBudget, the HPA or KEDA ScaledObject and the ServiceMonitor,
+//! built without any I/O so each decision is unit-tested. Which optional APIs the cluster
+//! serves ([`Served`]) is an input: the controller discovers it.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +22,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{CpuMemory, InferencePool, DEFAULT_TARGET_CPU_PERCENT};
+use crate::crd::{AutoscalingEngine, CpuMemory, InferencePool, DEFAULT_TARGET_CPU_PERCENT};
 use crate::Error;
 
 /// The inference pod's gRPC port (ingest, KServe v2, grpc.health.v1).
@@ -56,9 +58,42 @@ pub struct Desired {
     pub headless: Service,
     /// At most one pod down by voluntary disruption.
     pub pdb: PodDisruptionBudget,
-    /// Present when `spec.autoscaling` is set.
+    /// Present when `spec.autoscaling` is set, unless a ScaledObject replaces it.
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Present when `spec.autoscaling.engine` is `keda` and the cluster serves KEDA.
+    pub scaled_object: Option<DynamicObject>,
+    /// Present when the cluster serves the Prometheus operator's ServiceMonitor.
+    pub service_monitor: Option<DynamicObject>,
 }
+
+/// The optional APIs the cluster serves, as the controller discovered them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// `monitoring.coreos.com/v1` `servicemonitors`.
+    pub service_monitor: bool,
+    /// `keda.sh/v1alpha1` `scaledobjects`.
+    pub scaled_object: bool,
+}
+
+/// The Prometheus operator's ServiceMonitor (`monitoring.coreos.com/v1`).
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+/// KEDA's ScaledObject (`keda.sh/v1alpha1`).
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    )
+}
+
+/// The label only the headless Service carries, so that a ServiceMonitor can select the
+/// load-balanced Service alone (selecting both would scrape every pod twice).
+pub const HEADLESS_LABEL: &str = "visionfleet.io/headless";
 
 /// The labels of every owned object; the first two also select the pods.
 pub fn labels(pool: &str) -> BTreeMap<String, String> {
@@ -97,7 +132,13 @@ pub fn headless_name(pool: &str) -> String {
 
 /// Builds every object for `pool`; the pool must come from the API server (name,
 /// namespace and uid set) and have passed [`crate::crd::InferencePoolSpec::validate`].
+/// Nothing optional is served: no ServiceMonitor, and an HPA for autoscaling.
 pub fn desired(pool: &InferencePool) -> Result<Desired, Error> {
+    desired_for(pool, Served::default())
+}
+
+/// Builds every object for `pool` in a cluster that serves `served`.
+pub fn desired_for(pool: &InferencePool, served: Served) -> Result<Desired, Error> {
     let owner = pool
         .controller_owner_ref(&())
         .ok_or_else(|| Error::MissingObjectKey("metadata.uid"))?;
@@ -112,12 +153,34 @@ pub fn desired(pool: &InferencePool) -> Result<Desired, Error> {
         owner_references: Some(vec![owner.clone()]),
         ..ObjectMeta::default()
     };
+    let mut headless_meta = meta(headless_name(&name));
+    if let Some(l) = headless_meta.labels.as_mut() {
+        l.insert(HEADLESS_LABEL.into(), "true".into());
+    }
+    let keda = served.scaled_object
+        && pool
+            .spec
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.engine == AutoscalingEngine::Keda);
     Ok(Desired {
         deployment: deployment(pool, meta(name.clone())),
         service: service(&name, meta(name.clone()), false),
-        headless: service(&name, meta(headless_name(&name)), true),
+        headless: service(&name, headless_meta, true),
         pdb: pdb(&name, meta(name.clone())),
-        hpa: hpa(pool, meta(name.clone())),
+        hpa: if keda {
+            None
+        } else {
+            hpa(pool, meta(name.clone()))
+        },
+        scaled_object: if keda {
+            scaled_object(pool, meta(name.clone()))
+        } else {
+            None
+        },
+        service_monitor: served
+            .service_monitor
+            .then(|| service_monitor(&name, meta(name.clone()))),
     })
 }
 
@@ -435,6 +498,44 @@ fn pdb(pool: &str, meta: ObjectMeta) -> PodDisruptionBudget {
     }
 }
 
+/// Scrapes the pods' `/metrics` through the load-balanced Service's `http` port every 30 s.
+fn service_monitor(pool: &str, meta: ObjectMeta) -> DynamicObject {
+    let mut object = DynamicObject::new(pool, &service_monitor_resource());
+    object.metadata = meta;
+    object.data = serde_json::json!({
+        "spec": {
+            "selector": {
+                "matchLabels": labels(pool),
+                "matchExpressions": [{"key": HEADLESS_LABEL, "operator": "DoesNotExist"}],
+            },
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        }
+    });
+    object
+}
+
+/// A KEDA ScaledObject with the pool's bounds and a `cpu` trigger (the target, or
+/// [`DEFAULT_TARGET_CPU_PERCENT`]). `metric` does not map onto a KEDA trigger (those name
+/// their own source); validation refuses it with the `keda` engine.
+fn scaled_object(pool: &InferencePool, meta: ObjectMeta) -> Option<DynamicObject> {
+    let a = pool.spec.autoscaling.as_ref()?;
+    let target = a
+        .target_cpu_utilization_percent
+        .unwrap_or(DEFAULT_TARGET_CPU_PERCENT);
+    let mut object = DynamicObject::new(&pool.name_any(), &scaled_object_resource());
+    object.metadata = meta;
+    object.data = serde_json::json!({
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name_any()},
+            "minReplicaCount": a.min_replicas,
+            "maxReplicaCount": a.max_replicas,
+            "triggers": [{"type": "cpu", "metricType": "Utilization",
+                "metadata": {"value": target.to_string()}}],
+        }
+    });
+    Some(object)
+}
+
 fn hpa(pool: &InferencePool, meta: ObjectMeta) -> Option<HorizontalPodAutoscaler> {
     let a = pool.spec.autoscaling.as_ref()?;
     let mut metrics = Vec::new();
@@ -538,24 +639,47 @@ mod tests {
             controller: Some(true),
             block_owner_deletion: None,
         };
+        let mut s = spec();
+        s.autoscaling = Some(Autoscaling {
+            min_replicas: 1,
+            max_replicas: 2,
+            target_cpu_utilization_percent: None,
+            metric: None,
+            engine: AutoscalingEngine::Keda,
+        });
+        let all = desired_for(
+            &pool(s),
+            Served {
+                service_monitor: true,
+                scaled_object: true,
+            },
+        )
+        .unwrap();
         let metas = [
             &d.deployment.metadata,
             &d.service.metadata,
-            &d.headless.metadata,
             &d.pdb.metadata,
+            &all.service_monitor.as_ref().unwrap().metadata,
+            &all.scaled_object.as_ref().unwrap().metadata,
         ];
+        let expected_labels = json!({
+            "app.kubernetes.io/instance": "cams",
+            "app.kubernetes.io/managed-by": "visionfleet-operator",
+            "app.kubernetes.io/name": "visionfleet-inference",
+        });
         for m in metas {
+            assert_eq!(m.name.as_deref(), Some("cams"));
             assert_eq!(m.namespace.as_deref(), Some("vision"));
             assert_eq!(m.owner_references, Some(vec![expected_owner.clone()]));
-            assert_eq!(
-                serde_json::to_value(&m.labels).unwrap(),
-                json!({
-                    "app.kubernetes.io/instance": "cams",
-                    "app.kubernetes.io/managed-by": "visionfleet-operator",
-                    "app.kubernetes.io/name": "visionfleet-inference",
-                })
-            );
+            assert_eq!(serde_json::to_value(&m.labels).unwrap(), expected_labels);
         }
+        // The headless Service also says it is the headless one.
+        let h = &d.headless.metadata;
+        assert_eq!(h.owner_references, Some(vec![expected_owner.clone()]));
+        let mut headless_labels = expected_labels.clone();
+        headless_labels["visionfleet.io/headless"] = json!("true");
+        assert_eq!(serde_json::to_value(&h.labels).unwrap(), headless_labels);
+        assert!(d.service_monitor.is_none() && d.scaled_object.is_none());
         assert_eq!(d.deployment.metadata.name.as_deref(), Some("cams"));
         assert_eq!(d.headless.metadata.name.as_deref(), Some("cams-headless"));
         assert!(d.hpa.is_none());
@@ -830,6 +954,7 @@ mod tests {
             max_replicas: 8,
             target_cpu_utilization_percent: None,
             metric: None,
+            engine: AutoscalingEngine::Hpa,
         });
         let d = desired(&pool(s.clone())).unwrap();
         assert_eq!(d.deployment.spec.as_ref().unwrap().replicas, None);
@@ -854,6 +979,7 @@ mod tests {
                 name: "visionfleet_inference_queue_depth".into(),
                 average_value: Quantity("16".into()),
             }),
+            engine: AutoscalingEngine::Hpa,
         });
         let hpa = desired(&pool(s)).unwrap().hpa.unwrap();
         assert_eq!(
@@ -862,5 +988,107 @@ mod tests {
                 "metric": {"name": "visionfleet_inference_queue_depth"},
                 "target": {"type": "AverageValue", "averageValue": "16"}}}])
         );
+    }
+
+    fn autoscaled(engine: AutoscalingEngine) -> crate::crd::InferencePoolSpec {
+        let mut s = spec();
+        s.autoscaling = Some(Autoscaling {
+            min_replicas: 2,
+            max_replicas: 6,
+            target_cpu_utilization_percent: Some(60),
+            metric: None,
+            engine,
+        });
+        s
+    }
+
+    const ALL: Served = Served {
+        service_monitor: true,
+        scaled_object: true,
+    };
+
+    #[test]
+    fn a_service_monitor_scrapes_the_load_balanced_service_when_served() {
+        assert!(desired(&pool(spec())).unwrap().service_monitor.is_none());
+        let d = desired_for(&pool(spec()), ALL).unwrap();
+        let sm = d.service_monitor.unwrap();
+        let value = serde_json::to_value(&sm).unwrap();
+        assert_eq!(value["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(value["kind"], "ServiceMonitor");
+        assert_eq!(
+            value["spec"],
+            json!({
+                "selector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/instance": "cams",
+                        "app.kubernetes.io/managed-by": "visionfleet-operator",
+                        "app.kubernetes.io/name": "visionfleet-inference",
+                    },
+                    "matchExpressions": [
+                        {"key": "visionfleet.io/headless", "operator": "DoesNotExist"}
+                    ],
+                },
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            })
+        );
+        // It selects the Service (its labels match) but not the headless one.
+        let matches = |labels: &BTreeMap<String, String>| {
+            value["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+                && !labels.contains_key(HEADLESS_LABEL)
+        };
+        assert!(matches(d.service.metadata.labels.as_ref().unwrap()));
+        assert!(!matches(d.headless.metadata.labels.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn the_keda_engine_makes_a_scaled_object_instead_of_an_hpa() {
+        let d = desired_for(&pool(autoscaled(AutoscalingEngine::Keda)), ALL).unwrap();
+        assert!(d.hpa.is_none());
+        assert_eq!(d.deployment.spec.as_ref().unwrap().replicas, None);
+        let value = serde_json::to_value(d.scaled_object.unwrap()).unwrap();
+        assert_eq!(value["apiVersion"], "keda.sh/v1alpha1");
+        assert_eq!(value["kind"], "ScaledObject");
+        assert_eq!(
+            value["spec"],
+            json!({
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cams"},
+                "minReplicaCount": 2,
+                "maxReplicaCount": 6,
+                "triggers": [{"type": "cpu", "metricType": "Utilization",
+                    "metadata": {"value": "60"}}],
+            })
+        );
+        // No target: the default.
+        let mut s = autoscaled(AutoscalingEngine::Keda);
+        if let Some(a) = s.autoscaling.as_mut() {
+            a.target_cpu_utilization_percent = None;
+        }
+        let value =
+            serde_json::to_value(desired_for(&pool(s), ALL).unwrap().scaled_object).unwrap();
+        assert_eq!(value["spec"]["triggers"][0]["metadata"]["value"], "70");
+    }
+
+    #[test]
+    fn keda_is_used_only_when_asked_for_and_served() {
+        // The default engine keeps the HPA even where KEDA is installed.
+        let d = desired_for(&pool(autoscaled(AutoscalingEngine::Hpa)), ALL).unwrap();
+        assert!(d.hpa.is_some() && d.scaled_object.is_none());
+        // KEDA asked for but not served: the HPA, so the pool still scales.
+        let d = desired_for(
+            &pool(autoscaled(AutoscalingEngine::Keda)),
+            Served {
+                service_monitor: true,
+                scaled_object: false,
+            },
+        )
+        .unwrap();
+        assert!(d.hpa.is_some() && d.scaled_object.is_none());
+        // No autoscaling: neither.
+        let d = desired_for(&pool(spec()), ALL).unwrap();
+        assert!(d.hpa.is_none() && d.scaled_object.is_none());
     }
 }

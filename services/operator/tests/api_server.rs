@@ -18,7 +18,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::json;
@@ -38,7 +38,44 @@ struct ApiServer {
 
 fn api_server() -> &'static ApiServer {
     static SERVER: OnceLock<ApiServer> = OnceLock::new();
+    SERVER.get_or_init(start_server)
+}
+
+/// A second API server, which also serves the Prometheus operator's ServiceMonitor and
+/// KEDA's ScaledObject (their real CRDs, from `scripts/k8s-crds.sh`), so that what the
+/// other tests see does not depend on which test ran first.
+fn api_server_with_crds() -> &'static ApiServer {
+    static SERVER: OnceLock<ApiServer> = OnceLock::new();
     SERVER.get_or_init(|| {
+        let server = start_server();
+        let crds = root().join(".state/k8s-crds");
+        for (file, name) in [
+            (
+                "monitoring.coreos.com_servicemonitors.yaml",
+                "servicemonitors.monitoring.coreos.com",
+            ),
+            ("keda.sh_scaledobjects.yaml", "scaledobjects.keda.sh"),
+        ] {
+            let path = crds.join(file);
+            assert!(
+                path.exists(),
+                "{} missing: run scripts/k8s-crds.sh install",
+                path.display()
+            );
+            server.kubectl(&["apply", "--server-side", "-f", &path.display().to_string()]);
+            server.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{name}"),
+            ]);
+        }
+        server
+    })
+}
+
+fn start_server() -> ApiServer {
+    {
         let dir = tempfile::Builder::new()
             .prefix("vf-apiserver-")
             .tempdir()
@@ -71,7 +108,7 @@ fn api_server() -> &'static ApiServer {
             "crd/inferencepools.visionfleet.io",
         ]);
         server
-    })
+    }
 }
 
 /// Runs a command, failing the test with its output when it fails; returns stdout.
@@ -489,6 +526,213 @@ async fn the_operator_reconciles_pools_as_the_charts_service_account() {
         pools.get_opt("cams").await.unwrap().is_none().then_some(())
     })
     .await;
+    operator.stop().await;
+}
+
+/// The chart's ServiceAccount and Role in `ns`, exactly as rendered.
+fn install_chart_rbac(server: &ApiServer, ns: &str) {
+    let rbac = helm_template(
+        ns,
+        &[
+            "--show-only",
+            "templates/operator-serviceaccount.yaml",
+            "--show-only",
+            "templates/operator-rbac.yaml",
+        ],
+    );
+    let rbac_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(rbac_file.path(), rbac).unwrap();
+    server.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &rbac_file.path().display().to_string(),
+    ]);
+}
+
+fn applied_by_the_operator(meta: &kube::api::ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some("visionfleet-operator")
+            && m.operation.as_deref() == Some("Apply")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prometheus_operator_and_keda_crds_a_service_monitor_and_a_scaled_object() {
+    let server = api_server_with_crds();
+    let ns = "vision-mon";
+    let admin = server.client(None).await;
+    create_namespace(&admin, ns).await;
+    install_chart_rbac(server, ns);
+    let sa_name = format!("{RELEASE}-operator");
+    let sa = format!("system:serviceaccount:{ns}:{sa_name}");
+    assert!(server.can_i(
+        &sa,
+        &["create", "servicemonitors.monitoring.coreos.com", "-n", ns]
+    ));
+    assert!(!server.can_i(
+        &sa,
+        &["delete", "servicemonitors.monitoring.coreos.com", "-n", ns]
+    ));
+    assert!(server.can_i(&sa, &["delete", "scaledobjects.keda.sh", "-n", ns]));
+    assert!(!server.can_i(&sa, &["list", "scaledobjects.keda.sh", "-n", ns]));
+    let operator = start_operator(server.client(Some((ns, &sa_name))).await, ns, "mon-1").await;
+
+    let pools: Api<InferencePool> = Api::namespaced(admin.clone(), ns);
+    let pool: InferencePool = serde_json::from_value(json!({
+        "apiVersion": "visionfleet.io/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": "watched", "namespace": ns},
+        "spec": {
+            "models": ["coco-yolov5s"],
+            "image": "ghcr.io/visionfleet/inference:0.1.0",
+            "resources": {"requests": {"cpu": "2", "memory": "2Gi"}},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+            "kafka": {"bootstrap": "kafka.kafka.svc:9092", "topic": "visionfleet.detections.v1"}
+        }
+    }))
+    .unwrap();
+    let uid = pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+
+    // The ServiceMonitor: owned, applied, selecting the pool's Service and not the headless one.
+    let monitors: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        ns,
+        &visionfleet_operator::desired::service_monitor_resource(),
+    );
+    let sm = eventually("the ServiceMonitor", Duration::from_secs(60), || async {
+        monitors.get_opt("watched").await.unwrap()
+    })
+    .await;
+    let owner = &sm.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("InferencePool", uid.as_str(), Some(true))
+    );
+    assert!(applied_by_the_operator(&sm.metadata), "{:?}", sm.metadata);
+    assert_eq!(
+        sm.data["spec"]["endpoints"],
+        json!([{"port": "http", "path": "/metrics", "interval": "30s"}])
+    );
+    let services: Api<Service> = Api::namespaced(admin.clone(), ns);
+    let selector = &sm.data["spec"]["selector"];
+    let selected = |s: &Service| {
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        selector["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+            && selector["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| {
+                    e["operator"] == "DoesNotExist"
+                        && !labels.contains_key(e["key"].as_str().unwrap())
+                })
+    };
+    let service = eventually("the Service", Duration::from_secs(30), || async {
+        services.get_opt("watched").await.unwrap()
+    })
+    .await;
+    assert!(
+        selected(&service),
+        "{selector} vs {:?}",
+        service.metadata.labels
+    );
+    let headless = services.get("watched-headless").await.unwrap();
+    assert!(!selected(&headless), "{:?}", headless.metadata.labels);
+
+    // The default engine is an HPA, even where KEDA is installed.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), ns);
+    let scaled: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        ns,
+        &visionfleet_operator::desired::scaled_object_resource(),
+    );
+    eventually("the HPA", Duration::from_secs(30), || async {
+        hpas.get_opt("watched").await.unwrap()
+    })
+    .await;
+    assert!(scaled.get_opt("watched").await.unwrap().is_none());
+
+    // engine: keda: a ScaledObject with the bounds and a cpu trigger, and the HPA goes.
+    pools
+        .patch(
+            "watched",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": {
+                "engine": "keda", "targetCPUUtilizationPercent": 80}}})),
+        )
+        .await
+        .unwrap();
+    let so = eventually("the ScaledObject", Duration::from_secs(30), || async {
+        scaled.get_opt("watched").await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        so.data["spec"]["scaleTargetRef"],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "watched"})
+    );
+    assert_eq!(
+        (
+            &so.data["spec"]["minReplicaCount"],
+            &so.data["spec"]["maxReplicaCount"]
+        ),
+        (&json!(2), &json!(5))
+    );
+    assert_eq!(
+        so.data["spec"]["triggers"],
+        json!([{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "80"}}])
+    );
+    assert_eq!(so.metadata.owner_references.as_ref().unwrap()[0].uid, uid);
+    assert!(applied_by_the_operator(&so.metadata));
+    eventually("the HPA removed", Duration::from_secs(30), || async {
+        hpas.get_opt("watched")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Autoscaling off: the ScaledObject goes, no HPA comes back, the ServiceMonitor stays.
+    pools
+        .patch(
+            "watched",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": null, "replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the ScaledObject removed",
+        Duration::from_secs(30),
+        || async {
+            scaled
+                .get_opt("watched")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+    eventually("2 replicas", Duration::from_secs(30), || async {
+        let d = deployments.get("watched").await.unwrap();
+        (d.spec.as_ref().unwrap().replicas == Some(2)).then_some(())
+    })
+    .await;
+    assert!(hpas.get_opt("watched").await.unwrap().is_none());
+    assert!(monitors.get_opt("watched").await.unwrap().is_some());
     operator.stop().await;
 }
 
