@@ -1,7 +1,8 @@
 # The inference pod with the `cuda` feature (NVIDIA GPUs). Build from the repository root:
 #   docker build -f docker/inference-cuda.Dockerfile -t ghcr.io/visionfleet/inference-cuda:0.1.0 .
 # The runtime image carries the CUDA libraries; the node needs the NVIDIA driver and
-# container runtime (runtimeClassName: nvidia in the chart's GPU values).
+# container runtime (runtimeClassName: nvidia in the chart's GPU values). Run `make
+# models` first: the weights are copied into /models (see inference.Dockerfile).
 FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential cmake pkg-config \
  && rm -rf /var/lib/apt/lists/*
@@ -17,6 +18,8 @@ RUN cargo build --release -p visionfleet-inference --features cuda \
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
 RUN useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin visionfleet
 COPY --from=build /out/ /usr/local/bin/
+COPY models/ /models/
+WORKDIR /
 USER 65532:65532
 EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/visionfleet-inference"]

