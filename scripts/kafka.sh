@@ -140,33 +140,8 @@ cmd_tool() {
 
 # ------------------------------------------------------------------- cluster creation
 
-# Print N distinct TCP ports that are free on 127.0.0.1. They are drawn at random below
-# the kernel's ephemeral range, so that outgoing client connections cannot grab a port
-# while a node is down (stop-node / start-node rely on getting the same port back).
-pick_ports() {
-  python3 - "$1" <<'EOF'
-import random, socket, sys
-n = int(sys.argv[1])
-with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-    lo = int(f.read().split()[0])
-lo = min(lo, 32768)
-chosen = []
-for port in random.sample(range(20000, lo), 2000):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    chosen.append(port)
-    if len(chosen) == n:
-        break
-if len(chosen) < n:
-    sys.exit("no free ports")
-print(" ".join(map(str, chosen)))
-EOF
-}
+# pick_ports N: see scripts/lib.sh.
+source "$ROOT/scripts/lib.sh"
 
 # Kafka cluster ids are 16 random bytes in unpadded URL-safe base64 (22 characters). Like
 # Kafka's own generator, never start with '-': the storage tool would read it as a flag.

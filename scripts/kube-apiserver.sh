@@ -173,33 +173,8 @@ PY
 
 # ------------------------------------------------------------------------------- PKI
 
-# Print N distinct TCP ports that are free on 127.0.0.1, drawn at random below the
-# kernel's ephemeral range (as scripts/kafka.sh does), so that outgoing connections
-# cannot take them while a server is stopped and a restart on the same DIR gets them back.
-pick_ports() {
-  python3 - "$1" <<'EOF'
-import random, socket, sys
-n = int(sys.argv[1])
-with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-    lo = int(f.read().split()[0])
-lo = min(lo, 32768)
-chosen = []
-for port in random.sample(range(20000, lo), 2000):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    chosen.append(port)
-    if len(chosen) == n:
-        break
-if len(chosen) < n:
-    sys.exit("no free ports")
-print(" ".join(map(str, chosen)))
-EOF
-}
+# pick_ports N (shared with scripts/kafka.sh): see scripts/lib.sh.
+source "$ROOT/scripts/lib.sh"
 
 newkey() { openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null || openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null; }
 

@@ -46,3 +46,31 @@ stop_bench_stack() {
   fi
   scripts/kafka.sh stop --dir "$1/kafka" >/dev/null 2>&1 || true
 }
+
+# pick_ports N: prints N distinct TCP ports that are free on 127.0.0.1. They are drawn at random below
+# the kernel's ephemeral range, so that outgoing client connections cannot grab a port
+# while a server is down (a restart on the same ports relies on getting them back).
+pick_ports() {
+  python3 - "$1" <<'EOF'
+import random, socket, sys
+n = int(sys.argv[1])
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    lo = int(f.read().split()[0])
+lo = min(lo, 32768)
+chosen = []
+for port in random.sample(range(20000, lo), 2000):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    chosen.append(port)
+    if len(chosen) == n:
+        break
+if len(chosen) < n:
+    sys.exit("no free ports")
+print(" ".join(map(str, chosen)))
+EOF
+}
