@@ -3,8 +3,11 @@ post-processing work as the candle benchmarks, with a fixed thread count. Prints
 object (milliseconds, medians) for scripts/bench-detector.sh."""
 
 import argparse
+import collections
 import json
+import os
 import statistics
+import tempfile
 import time
 
 import cv2
@@ -42,6 +45,34 @@ def letterbox(img, size=640):
     return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
+def node_profile(onnx, threads, x, runs):
+    """Per-node kernel times (median over `runs` forward passes, ms) in execution order,
+    from ONNX Runtime's own profiler, with the op type and output shape of each node."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(runs + 1):
+        sess.run(None, {name: x})
+    trace = json.load(open(sess.end_profiling()))
+    times, meta, order = collections.defaultdict(list), {}, []
+    for ev in trace:
+        if ev.get("cat") != "Node" or not ev["name"].endswith("_kernel_time"):
+            continue
+        node = ev["name"][: -len("_kernel_time")]
+        if node not in meta:
+            order.append(node)
+            args = ev.get("args", {})
+            shapes = args.get("output_type_shape") or [{}]
+            meta[node] = {"op": args.get("op_name", "?"), "output": list(shapes[0].values())[0] if shapes[0] else []}
+        times[node].append(ev["dur"] / 1000.0)
+    # The first run is a warm-up.
+    return [dict(name=n, ms=statistics.median(times[n][1:] or times[n]), **meta[n]) for n in order]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--onnx", required=True)
@@ -60,6 +91,8 @@ def main():
     # The exported graph has a fixed batch of 1: a batch of N is N runs back to back.
     for n in (4, 8):
         forward[str(n)] = median_ms(lambda: [sess.run(None, {name: x1}) for _ in range(n)], max(3, a.runs // n))
+
+    nodes = node_profile(a.onnx, a.threads, x1, 5)
 
     cv2.setNumThreads(1)  # pre-processing is compared on one core
     bus = cv2.imread(a.image)
@@ -88,6 +121,7 @@ def main():
         "forward_ms": forward,
         "preprocess_1080p_ms": pre,
         "nms_5000_ms": nms,
+        "nodes": nodes,
     }))
 
 

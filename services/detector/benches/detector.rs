@@ -25,16 +25,7 @@ fn models_dir() -> PathBuf {
 
 /// The same deterministic input the golden tests use.
 fn synthetic(batch: usize, size: usize) -> Tensor {
-    let mut v = Vec::with_capacity(batch * 3 * size * size);
-    for _ in 0..batch {
-        for c in 0..3 {
-            for y in 0..size {
-                for x in 0..size {
-                    v.push(((x * 7 + y * 13 + c * 29) % 256) as f32 / 255.0);
-                }
-            }
-        }
-    }
+    let v = visionfleet_detector::preprocess::test_pattern(batch, size);
     Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu).expect("input tensor")
 }
 

@@ -68,6 +68,11 @@ impl Letterbox {
 /// Letterboxes interleaved RGB8 pixels into `out`, a planar (CHW) `3 x size x size` buffer of
 /// values in 0..=1. Returns the geometry.
 ///
+/// Bilinear (half-pixel centres, as OpenCV's `INTER_LINEAR`), each output row blended from
+/// two horizontally resampled source rows that are kept while consecutive output rows share
+/// them; values are rounded to 8 bits, as the references' uint8 resize does, then
+/// normalised through a 256-entry table. Only the border is filled with grey.
+///
 /// # Panics
 /// Never for valid arguments; `rgb` must hold `width * height * 3` bytes and `out`
 /// `3 * size * size` floats, which the caller ([`crate::Detector`]) guarantees.
@@ -82,33 +87,79 @@ pub fn letterbox_into(
     let s = size as usize;
     debug_assert_eq!(rgb.len(), width as usize * height as usize * 3);
     debug_assert_eq!(out.len(), 3 * s * s);
-    let pad = f32::from(PAD_VALUE) / 255.0;
-    out.fill(pad);
-
     let (rw, rh) = (geo.resized_width as usize, geo.resized_height as usize);
-    let mut row = vec![0u8; rw * 3];
+    let (left, top) = (geo.left as usize, geo.top as usize);
+    fill_border(out, s, (left, top), (rw, rh));
+
+    let normalise: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     let xmap = axis_map(width as usize, rw);
     let ymap = axis_map(height as usize, rh);
-    let (sw, plane) = (width as usize * 3, s * s);
-    let mut upper = vec![0f32; rw * 3];
-    let mut lower = vec![0f32; rw * 3];
+    let sw = width as usize * 3;
+    let source_row = |y: usize| &rgb[y * sw..(y + 1) * sw];
+    // Horizontally resampled source rows, tagged with the source row they hold.
+    let mut upper = (usize::MAX, vec![0f32; rw * 3]);
+    let mut lower = (usize::MAX, vec![0f32; rw * 3]);
+    let (red, rest) = out.split_at_mut(s * s);
+    let (green, blue) = rest.split_at_mut(s * s);
     for (dy, &(y0, y1, fy)) in ymap.iter().enumerate() {
-        horizontal(&rgb[y0 * sw..(y0 + 1) * sw], &xmap, &mut upper);
-        horizontal(&rgb[y1 * sw..(y1 + 1) * sw], &xmap, &mut lower);
-        for (i, v) in row.iter_mut().enumerate() {
-            // Round to 8 bits like the references' uint8 resize before normalising.
-            *v = (upper[i] + (lower[i] - upper[i]) * fy)
-                .round()
-                .clamp(0.0, 255.0) as u8;
-        }
-        let base = (geo.top as usize + dy) * s + geo.left as usize;
-        for (dx, px) in row.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + base + dx] = f32::from(px[c]) / 255.0;
+        if upper.0 != y0 {
+            if lower.0 == y0 {
+                std::mem::swap(&mut upper, &mut lower);
+            } else {
+                horizontal(source_row(y0), &xmap, &mut upper.1);
+                upper.0 = y0;
             }
+        }
+        if lower.0 != y1 {
+            horizontal(source_row(y1), &xmap, &mut lower.1);
+            lower.0 = y1;
+        }
+        let at = (top + dy) * s + left;
+        let planes = (
+            &mut red[at..at + rw],
+            &mut green[at..at + rw],
+            &mut blue[at..at + rw],
+        );
+        let pixels = upper.1.chunks_exact(3).zip(lower.1.chunks_exact(3));
+        for (((u, l), r), (g, b)) in pixels
+            .zip(planes.0.iter_mut())
+            .zip(planes.1.iter_mut().zip(planes.2.iter_mut()))
+        {
+            // Round half up: the blend of two values in 0..=255 is never negative.
+            let q = |c: usize| normalise[((u[c] + (l[c] - u[c]) * fy) + 0.5) as u8 as usize];
+            (*r, *g, *b) = (q(0), q(1), q(2));
         }
     }
     geo
+}
+
+/// Fills the grey border around the `rw x rh` image placed at `(left, top)`, in each plane.
+fn fill_border(out: &mut [f32], s: usize, (left, top): (usize, usize), (rw, rh): (usize, usize)) {
+    let pad = f32::from(PAD_VALUE) / 255.0;
+    for plane in out.chunks_exact_mut(s * s) {
+        plane[..top * s].fill(pad);
+        plane[(top + rh) * s..].fill(pad);
+        for row in plane[top * s..(top + rh) * s].chunks_exact_mut(s) {
+            row[..left].fill(pad);
+            row[left + rw..].fill(pad);
+        }
+    }
+}
+
+/// The deterministic planar input the golden tests, benchmarks and `vfctl profile` share:
+/// `batch` copies of `3 x size x size` values `((7x + 13y + 29c) mod 256) / 255`.
+pub fn test_pattern(batch: usize, size: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(batch * 3 * size * size);
+    for _ in 0..batch {
+        for c in 0..3 {
+            for y in 0..size {
+                for x in 0..size {
+                    v.push(((x * 7 + y * 13 + c * 29) % 256) as f32 / 255.0);
+                }
+            }
+        }
+    }
+    v
 }
 
 /// For each destination index: the two source indices and the weight of the second, with
@@ -131,11 +182,11 @@ fn axis_map(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
 }
 
 fn horizontal(src_row: &[u8], xmap: &[(usize, usize, f32)], out: &mut [f32]) {
-    for (d, &(x0, x1, fx)) in xmap.iter().enumerate() {
+    for (px, &(x0, x1, fx)) in out.chunks_exact_mut(3).zip(xmap) {
+        let (a, b) = (&src_row[x0 * 3..x0 * 3 + 3], &src_row[x1 * 3..x1 * 3 + 3]);
         for c in 0..3 {
-            let a = f32::from(src_row[x0 * 3 + c]);
-            let b = f32::from(src_row[x1 * 3 + c]);
-            out[d * 3 + c] = a + (b - a) * fx;
+            let (a, b) = (f32::from(a[c]), f32::from(b[c]));
+            px[c] = a + (b - a) * fx;
         }
     }
 }
@@ -205,6 +256,67 @@ mod tests {
         horizontal(&row, &m, &mut out);
         assert_eq!(out[0], 50.0);
         assert_eq!(out[3], 225.0);
+    }
+
+    /// The row cache and the border fill against a direct per-pixel bilinear resize, for
+    /// downscales, upscales and odd sizes in both orientations.
+    #[test]
+    fn matches_a_direct_bilinear_resize() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for (w, h, size) in [
+            (37, 23, 32),
+            (23, 37, 32),
+            (5, 3, 16),
+            (200, 120, 64),
+            (9, 9, 9),
+        ] {
+            let rgb: Vec<u8> = (0..w * h * 3)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % 256) as u8
+                })
+                .collect();
+            let s = size as usize;
+            let mut out = vec![-1f32; 3 * s * s];
+            let g = letterbox_into(&rgb, w, h, size, &mut out);
+            let mut inexact = 0;
+            let (xm, ym) = (
+                axis_map(w as usize, g.resized_width as usize),
+                axis_map(h as usize, g.resized_height as usize),
+            );
+            let px = |x: usize, y: usize, c: usize| f32::from(rgb[(y * w as usize + x) * 3 + c]);
+            for c in 0..3 {
+                for y in 0..s {
+                    for x in 0..s {
+                        let got = out[c * s * s + y * s + x];
+                        let (ix, iy) = (
+                            x.wrapping_sub(g.left as usize),
+                            y.wrapping_sub(g.top as usize),
+                        );
+                        let want = if ix < xm.len() && iy < ym.len() {
+                            let ((x0, x1, fx), (y0, y1, fy)) = (xm[ix], ym[iy]);
+                            let top = px(x0, y0, c) + (px(x1, y0, c) - px(x0, y0, c)) * fx;
+                            let bot = px(x0, y1, c) + (px(x1, y1, c) - px(x0, y1, c)) * fx;
+                            (top + (bot - top) * fy).round() / 255.0
+                        } else {
+                            f32::from(PAD_VALUE) / 255.0
+                        };
+                        // Rounding half up and `round` differ only on exact halves.
+                        assert!(
+                            (got - want).abs() <= 1.0 / 255.0 + 1e-6,
+                            "{w}x{h} into {size}: ({c}, {y}, {x}) = {got}, want {want}"
+                        );
+                        inexact += usize::from(got != want);
+                    }
+                }
+            }
+            assert!(
+                inexact * 100 <= s * s * 3,
+                "{w}x{h}: {inexact} values off by one"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl Weights {
         }
     }
 
+    /// The dotted prefix of this view (`model.2.cv1`), empty at the root.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The device tensors are placed on.
     pub fn device(&self) -> &Device {
         &self.device

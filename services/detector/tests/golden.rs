@@ -148,14 +148,7 @@ fn batched_inference_equals_one_by_one() {
 
 /// The synthetic input both sides computed: value(c, y, x) = ((7x + 13y + 29c) mod 256) / 255.
 fn synthetic_input(size: usize) -> Tensor {
-    let mut v = Vec::with_capacity(3 * size * size);
-    for c in 0..3 {
-        for y in 0..size {
-            for x in 0..size {
-                v.push(((x * 7 + y * 13 + c * 29) % 256) as f32 / 255.0);
-            }
-        }
-    }
+    let v = visionfleet_detector::preprocess::test_pattern(1, size);
     Tensor::from_vec(v, (1, 3, size, size), &Device::Cpu).unwrap()
 }
 

@@ -1,10 +1,11 @@
 //! `vfctl`: the VisionFleet command-line tool for people and scripts: detect, bench,
-//! models, import and tail.
+//! profile, models, import and tail.
 
 mod bench;
 mod detect;
 mod import;
 mod models;
+mod profile;
 mod tail;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ enum Command {
     Detect(detect::DetectArgs),
     /// Time a model on this machine (decode, letterbox, forward, NMS).
     Bench(bench::BenchArgs),
+    /// Time each convolution of a CPU forward pass (unfold, GEMM, bias + activation).
+    Profile(profile::ProfileArgs),
     /// Inspect the model store.
     Models {
         #[command(subcommand)]
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Detect(args) => detect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Models { command } => models::run(command),
         Command::Import { command } => import::run(command),

@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Tensor, D};
 
+use super::cpu_conv::{Activation, CpuConv};
 use crate::error::Result;
 use crate::weights::Weights;
 
@@ -25,33 +26,80 @@ pub fn scale_depth(repeats: usize, depth: f64) -> usize {
     }
 }
 
-/// A plain 2-D convolution with bias.
+/// A 2-D convolution with bias and an optional SiLU. On the CPU it runs through
+/// [`CpuConv`] (kernel pre-packed, bias and activation fused); on a GPU through candle's
+/// convolution followed by the bias and activation.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
+    run: ConvImpl,
+}
+
+#[derive(Debug, Clone)]
+enum ConvImpl {
+    Cpu(CpuConv),
+    Device {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        activation: Activation,
+    },
 }
 
 impl Conv2d {
-    /// Loads `weight` `[c2, c1, k, k]` and `bias` `[c2]`.
+    /// Loads `weight` `[c2, c1, k, k]` and `bias` `[c2]`, with no activation.
     pub fn load(w: &Weights, c1: usize, c2: usize, k: usize, s: usize, p: usize) -> Result<Self> {
         let weight = w.get(&[c2, c1, k, k], "weight")?;
-        let bias = w.get(&[c2], "bias")?.reshape((1, c2, 1, 1))?;
-        Ok(Self {
-            weight,
-            bias,
-            stride: s,
-            padding: p,
-        })
+        let bias = w.get(&[c2], "bias")?;
+        Self::new(w.prefix(), weight, bias, s, p, Activation::Identity)
+    }
+
+    fn new(
+        name: &str,
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let run = if weight.device().is_cpu() {
+            ConvImpl::Cpu(CpuConv::new(
+                name, &weight, &bias, stride, padding, activation,
+            )?)
+        } else {
+            let c2 = bias.elem_count();
+            ConvImpl::Device {
+                weight,
+                bias: bias.reshape((1, c2, 1, 1))?,
+                stride,
+                padding,
+                activation,
+            }
+        };
+        Ok(Self { run })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.bias)
+        match &self.run {
+            ConvImpl::Cpu(conv) => conv.forward(xs),
+            ConvImpl::Device {
+                weight,
+                bias,
+                stride,
+                padding,
+                activation,
+            } => {
+                let ys = xs
+                    .conv2d(weight, *padding, *stride, 1, 1)?
+                    .broadcast_add(bias)?;
+                match activation {
+                    Activation::Identity => Ok(ys),
+                    Activation::Silu => ys.silu(),
+                }
+            }
+        }
     }
 }
 
@@ -67,8 +115,13 @@ impl ConvBnSilu {
     /// Loads from `{prefix}.conv.*` and, when present, `{prefix}.bn.*`.
     pub fn load(w: &Weights, c1: usize, c2: usize, k: usize, s: usize, p: usize) -> Result<Self> {
         let conv_w = w.pp("conv");
-        let conv = if w.contains("bn.weight") {
-            let weight = conv_w.get(&[c2, c1, k, k], "weight")?;
+        let mut weight = conv_w.get(&[c2, c1, k, k], "weight")?;
+        let mut bias = if conv_w.contains("bias") || !w.contains("bn.weight") {
+            conv_w.get(&[c2], "bias")?
+        } else {
+            Tensor::zeros(c2, candle_core::DType::F32, w.device())?
+        };
+        if w.contains("bn.weight") {
             let bn = w.pp("bn");
             let gamma = bn.get(&[c2], "weight")?;
             let beta = bn.get(&[c2], "bias")?;
@@ -76,22 +129,10 @@ impl ConvBnSilu {
             let var = bn.get(&[c2], "running_var")?;
             // y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta
             let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-            let conv_bias = if conv_w.contains("bias") {
-                conv_w.get(&[c2], "bias")?
-            } else {
-                Tensor::zeros(c2, candle_core::DType::F32, w.device())?
-            };
-            let bias = ((conv_bias - &mean)? * &scale)?.add(&beta)?;
-            let weight = weight.broadcast_mul(&scale.reshape((c2, 1, 1, 1))?)?;
-            Conv2d {
-                weight,
-                bias: bias.reshape((1, c2, 1, 1))?,
-                stride: s,
-                padding: p,
-            }
-        } else {
-            Conv2d::load(&conv_w, c1, c2, k, s, p)?
-        };
+            bias = ((bias - &mean)? * &scale)?.add(&beta)?;
+            weight = weight.broadcast_mul(&scale.reshape((c2, 1, 1, 1))?)?;
+        }
+        let conv = Conv2d::new(w.prefix(), weight, bias, s, p, Activation::Silu)?;
         Ok(Self { conv })
     }
 
@@ -103,7 +144,7 @@ impl ConvBnSilu {
 
 impl Module for ConvBnSilu {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(xs)?.silu()
+        self.conv.forward(xs)
     }
 }
 

@@ -1,6 +1,10 @@
 //! The network architectures and the model enum the detector runs.
 
 mod common;
+// The one module with unsafe code: the GEMM call and the row-band output writes, each with
+// its safety argument.
+#[allow(unsafe_code)]
+pub mod cpu_conv;
 pub mod yolov5;
 pub mod yolov8;
 
