@@ -53,22 +53,40 @@ def kind(layer):
     return f"{layer['kernel']}x{layer['kernel']} stride {layer['stride']}"
 
 
+def module_name(node):
+    """`/model.22/cv2.0/cv2.0.1/conv/Conv_output_0_nchwc` -> `model.22.cv2.0.1`, the
+    checkpoint module name candle's layers carry."""
+    parts = node.strip("/").split("/")[:-1]
+    if parts and parts[-1] == "conv":
+        parts = parts[:-1]
+    kept = []
+    for p in parts:
+        if kept and p.startswith(kept[-1] + "."):
+            kept[-1] = p  # the exporter repeats a Sequential's own name
+        else:
+            kept.append(p)
+    return ".".join(kept)
+
+
 def layer_by_layer(ref, prof):
     nodes = ref.get("nodes", [])
-    convs = [n for n in nodes if "Conv" in n["op"]]
-    others = [n for n in nodes if "Conv" not in n["op"]]
     layers = prof["layers"]
+    ours = {l["name"] for l in layers}
+    # Convolutions pair by module name; the DFL's fixed 1x1 convolution, which candle
+    # computes as a weighted sum in the head, counts with everything else.
+    convs = {module_name(n["name"]): n for n in nodes if "Conv" in n["op"] and module_name(n["name"]) in ours}
+    others = [n for n in nodes if not ("Conv" in n["op"] and module_name(n["name"]) in ours)]
     print(f"Forward pass of fall-yolov8s at batch {prof['batch']}, layer by layer "
           f"(candle: `vfctl profile`, {prof['threads']} threads; onnxruntime: its node profiler, "
           f"{ref['threads']} threads; medians of 5 runs):")
     print()
     if len(convs) != len(layers):
-        print(f"(onnxruntime ran {len(convs)} convolution nodes, candle {len(layers)}: "
-              "no one-to-one pairing; totals only)")
-        convs = []
+        print(f"(only {len(convs)} of candle's {len(layers)} convolutions found among onnxruntime's nodes: "
+              "totals only)")
+        convs = {}
     rows, by_kind = [], collections.defaultdict(lambda: [0.0, 0.0, 0.0])
-    for i, layer in enumerate(layers):
-        o = convs[i]["ms"] if convs else None
+    for layer in layers:
+        o = convs[layer["name"]]["ms"] if convs else None
         shape = f"{layer['c_in']}->{layer['c_out']} @ {layer['out_h']}x{layer['out_w']}"
         rows.append((layer["name"], kind(layer), shape, fmt(layer["gflop"], 3), fmt(layer["ms"]),
                      fmt(layer["gflop"] / layer["ms"] * 1e3, 0), fmt(layer["im2col_ms"]), fmt(layer["gemm_ms"]),
@@ -81,7 +99,7 @@ def layer_by_layer(ref, prof):
            "gemm", "bias+SiLU", "onnxruntime ms", "ratio"], rows)
 
     conv_c = sum(l["ms"] for l in layers)
-    conv_o = sum(n["ms"] for n in convs) if convs else None
+    conv_o = sum(n["ms"] for n in convs.values()) if convs else None
     other_o = sum(n["ms"] for n in others)
     other_ops = collections.Counter()
     for n in others:
@@ -92,7 +110,7 @@ def layer_by_layer(ref, prof):
     gflop = sum(l["gflop"] for l in layers)
     summary.append(("all convolutions", fmt(conv_c), fmt(conv_o), ratio(conv_c, conv_o),
                     fmt(gflop / conv_c * 1e3, 0), fmt(gflop / conv_o * 1e3 if conv_o else None, 0)))
-    summary.append(("everything else (concat, pool, upsample, head decode)", fmt(prof["other_ms"]),
+    summary.append(("everything else (SiLU outside convolutions, concat, pool, upsample, head decode)", fmt(prof["other_ms"]),
                     fmt(other_o), ratio(prof["other_ms"], other_o), "-", "-"))
     summary.append(("forward pass", fmt(prof["forward_ms"]), fmt(ref["forward_ms"]["1"]),
                     ratio(prof["forward_ms"], ref["forward_ms"]["1"]), "-", "-"))
