@@ -22,8 +22,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Storage, Tensor};
@@ -140,7 +139,7 @@ impl CpuConv {
         }
         drop(storage);
         let result = Tensor::from_vec(out, (batch, self.c_out, ho, wo), xs.device());
-        if PROFILING.load(Ordering::Relaxed) {
+        if PROFILE.with(|log| log.borrow().is_some()) {
             self.record(batch, (ho, wo), strategy, &spent, started.elapsed());
         }
         result
@@ -337,9 +336,11 @@ impl CpuConv {
             gemm_ms: gemm as f64 * share,
             epilogue_ms: epilogue as f64 * share,
         };
-        if let Ok(mut log) = LOG.lock() {
-            log.push(sample);
-        }
+        PROFILE.with(|log| {
+            if let Some(log) = log.borrow_mut().as_mut() {
+                log.push(sample);
+            }
+        });
     }
 }
 
@@ -601,26 +602,19 @@ pub struct LayerTime {
     pub epilogue_ms: f64,
 }
 
-static PROFILING: AtomicBool = AtomicBool::new(false);
-static LOG: Mutex<Vec<LayerTime>> = Mutex::new(Vec::new());
-static PROFILE_GUARD: Mutex<()> = Mutex::new(());
+thread_local! {
+    /// The layers recorded by a [`profile`] running on this thread, `None` outside one.
+    static PROFILE: RefCell<Option<Vec<LayerTime>>> = const { RefCell::new(None) };
+}
 
 /// Runs `f` with layer timing on and returns what each CPU convolution it ran took, in
-/// execution order. One profile runs at a time; convolutions on other threads during it are
-/// recorded too, so profile a quiet process.
+/// execution order. Only convolutions called from this thread are recorded (a layer's
+/// parallel tasks are part of its call), so other threads' work never mixes in.
 pub fn profile<R>(f: impl FnOnce() -> R) -> (R, Vec<LayerTime>) {
-    let _one_at_a_time = PROFILE_GUARD.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(mut log) = LOG.lock() {
-        log.clear();
-    }
-    PROFILING.store(true, Ordering::Relaxed);
+    let outer = PROFILE.with(|log| log.borrow_mut().replace(Vec::new()));
     let result = f();
-    PROFILING.store(false, Ordering::Relaxed);
-    let layers = LOG
-        .lock()
-        .map(|mut l| std::mem::take(&mut *l))
-        .unwrap_or_default();
-    (result, layers)
+    let layers = PROFILE.with(|log| std::mem::replace(&mut *log.borrow_mut(), outer));
+    (result, layers.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -639,6 +633,17 @@ mod tests {
                 (state % 20_001) as f32 / 10_000.0 - 1.0
             })
             .collect()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Compares against candle's own convolution + bias + SiLU for every strategy:
@@ -672,14 +677,7 @@ mod tests {
                     want = want.silu().unwrap();
                 }
                 assert_eq!(got.dims(), want.dims(), "shape for k{k} s{s} p{p}");
-                let diff: f32 = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = max_abs_diff(&got, &want);
                 assert!(diff < 1e-4, "k{k} s{s} p{p} {act:?}: max diff {diff}");
             }
         }
@@ -697,15 +695,7 @@ mod tests {
         let conv = CpuConv::new("t", &kw, &b, 1, 1, Activation::Identity).unwrap();
         let got = conv.forward(&half).unwrap();
         let want = half.contiguous().unwrap().conv2d(&kw, 1, 1, 1, 1).unwrap();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-5);
+        assert!(max_abs_diff(&got, &want) < 1e-5);
     }
 
     #[test]
