@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps test-deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest
+.PHONY: demo test up down models deps test-deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest chaos
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -19,6 +19,12 @@ test: fmt-check clippy build models deps test-deps
 ## promtool check/test rules (helm, kubectl, kubernetes-validate installed into .state)
 k8s-check: build deps test-deps
 	scripts/k8s-check.sh
+
+## chaos: the fault-injection suite at full durations (SIGKILL loops, broker outage and
+## failover, pod loss, power loss, overload, cancelled clients, memory soak); one
+## `chaos <scenario>: ...` line per scenario (README, RELIABILITY)
+chaos: build models deps
+	scripts/chaos.sh
 
 ## fuzz: libFuzzer on frame decoding for FUZZ_SECONDS (default 60)
 fuzz:

@@ -125,9 +125,11 @@ async fn run_spooled(
         let _ = done_tx.send(true);
         result
     });
-    let summary = spooled::run(uplink, shared, done, stop, metrics).await?;
+    spooled::run(uplink, shared.clone(), done, stop, metrics.clone()).await?;
     capture.await??;
-    Ok(summary)
+    // Counted only now: on a stop, capture may store the frame in hand after the uplink
+    // returned, and that frame must be in the summary (it is waiting in the spool).
+    Ok(spooled::summary(&shared, &metrics))
 }
 
 /// The capture side: source, pacing, shaping.

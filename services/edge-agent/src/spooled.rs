@@ -144,13 +144,18 @@ pub async fn run(
             .await?;
     }
     m.set_state(UplinkState::Stopped);
+    Ok(summary(&spool, m))
+}
+
+/// The counts so far, the spool's included.
+pub fn summary(spool: &SharedSpool, m: &AgentMetrics) -> Summary {
     let lanes = spool.lock();
     m.refresh_spool(&lanes);
     let counters = lanes.counters();
     let mut summary = Summary::from_metrics(m);
     summary.spool = Some(counters.total());
     summary.lanes = Some(counters);
-    Ok(summary)
+    summary
 }
 
 fn finished(spool: &SharedSpool, capture_done: &watch::Receiver<bool>) -> bool {

@@ -253,6 +253,15 @@ fn worker(detector: Detector, rx: Receiver<Job>, policy: BatchPolicy, metrics: A
                 let _ = job.reply.send(Err(JobError::Expired));
                 continue;
             }
+            // The caller is gone (a cancelled call, a reset stream): no one wants the
+            // result, and the detector's time is better spent on those still waiting.
+            if job.reply.is_closed() {
+                metrics
+                    .frames_failed
+                    .with_label_values(&["cancelled"])
+                    .inc();
+                continue;
+            }
             waiting.push((job.reply, started - job.enqueued));
             inputs.push(job.input);
         }

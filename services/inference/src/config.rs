@@ -37,6 +37,10 @@ pub struct Config {
     /// Partitions of the topics when they have to be created.
     #[arg(long, env = "VF_TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
+    /// Create the topics at start-up when missing (`false` where the pod's Kafka user may
+    /// not create topics and they are provisioned elsewhere).
+    #[arg(long, env = "VF_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
     /// Replication factor of created topics (-1: the broker's default).
     #[arg(long, env = "VF_TOPIC_REPLICATION", default_value_t = -1)]
     pub topic_replication: i32,
@@ -92,6 +96,14 @@ pub struct Config {
     /// Minimum detection confidence.
     #[arg(long, env = "VF_CONF_THRESHOLD", default_value_t = 0.25)]
     pub conf_threshold: f32,
+    /// Most concurrent HTTP/2 streams per client connection (each `StreamFrames` call is one).
+    #[arg(long, env = "VF_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub grpc_max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keepalive pings (0: off); a client that does not answer
+    /// within 10 s is disconnected, so half-open connections of vanished devices do not
+    /// hold streams open.
+    #[arg(long, env = "VF_GRPC_KEEPALIVE_SECONDS", default_value_t = 30)]
+    pub grpc_keepalive_seconds: u64,
     /// Seconds to finish in-flight frames after SIGTERM.
     #[arg(long, env = "VF_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -227,6 +239,9 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.grpc_max_concurrent_streams == 0 {
+            return bad("grpc-max-concurrent-streams", "must be at least 1".into());
         }
         if self.stream_window == 0 {
             return bad("stream-window", "must be at least 1".into());

@@ -15,15 +15,21 @@ use crate::metrics::Metrics;
 struct HttpState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    kafka: Arc<AtomicBool>,
 }
 
-/// The router; `ready` flips false while the pod drains.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+/// The router; `ready` flips false while the pod drains, `kafka` while the Kafka producer
+/// is being replaced after a fatal error.
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, kafka: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(HttpState { metrics, ready })
+        .with_state(HttpState {
+            metrics,
+            ready,
+            kafka,
+        })
 }
 
 async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
@@ -34,9 +40,14 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !s.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !s.kafka.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka producer failed; replacing it\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }

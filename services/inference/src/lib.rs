@@ -56,7 +56,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let (authenticator, token_watcher) = auth::start(&config, metrics.clone())?;
     let models = Arc::new(registry::load_all(&config, &metrics).await?);
-    let publisher = Publisher::connect(&config).await?;
+    let publisher = Publisher::connect(&config, metrics.kafka_producer_replaced.clone()).await?;
+    let kafka_healthy = publisher.healthy();
 
     let pipeline = Arc::new(Pipeline {
         models,
@@ -99,14 +100,17 @@ pub async fn run(
     let kserve = InterceptedService::new(kserve, authenticator);
 
     let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http_server = axum::serve(http, http::router(metrics.clone(), ready.clone()))
-        .with_graceful_shutdown(async {
-            let _ = http_stopped.await;
-        });
+    let http_server = axum::serve(
+        http,
+        http::router(metrics.clone(), ready.clone(), kafka_healthy),
+    )
+    .with_graceful_shutdown(async {
+        let _ = http_stopped.await;
+    });
     let http_task = tokio::spawn(async move { http_server.await });
 
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-    let mut grpc_builder = tonic::transport::Server::builder();
+    let mut grpc_builder = transport_limits(&config);
     if let Some(tls) = tls {
         grpc_builder = grpc_builder
             .tls_config(tls)
@@ -186,4 +190,25 @@ pub async fn run(
     let _ = http_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC server's explicit HTTP/2 and TCP limits: what a hostile or broken client can
+/// hold. No overall request timeout: `StreamFrames` streams live for hours; unary calls
+/// carry their own deadline (`grpc-timeout`), which the batcher honours.
+fn transport_limits(config: &Config) -> tonic::transport::Server {
+    let keepalive = (config.grpc_keepalive_seconds > 0)
+        .then(|| Duration::from_secs(config.grpc_keepalive_seconds));
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(config.grpc_max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+        // Rapid reset (CVE-2023-44487): streams reset by the client before the server
+        // accepted them, and streams the server itself had to reset, end the connection
+        // past these counts.
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(256))
+        // Headers are a handful of short fields; CONTINUATION floods stop here.
+        .http2_max_header_list_size(16 * 1024)
 }

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub frames_failed: IntCounterVec,
     /// Frames between receipt and acknowledgement.
     pub frames_in_flight: IntGauge,
+    /// Kafka producers replaced after a fatal error.
+    pub kafka_producer_replaced: IntCounter,
+    /// `StreamFrames` streams open (a client that vanished must not leave one behind).
+    pub streams_open: IntGauge,
     /// Frames waiting for the detector.
     pub queue_depth: IntGauge,
     /// Time frames waited for the detector.
@@ -131,6 +135,11 @@ impl Metrics {
                 "vf_frames_in_flight",
                 "Frames received and not yet acknowledged",
             ),
+            kafka_producer_replaced: counter(
+                "vf_kafka_producer_replaced_total",
+                "Kafka producers replaced after a fatal error",
+            ),
+            streams_open: gauge("vf_streams_open", "StreamFrames streams open"),
             queue_depth: gauge("vf_queue_depth", "Frames waiting for the detector"),
             queue_wait: histogram(
                 "vf_queue_wait_seconds",

@@ -2,9 +2,17 @@
 //! frame on the detections topic (key = device id, so each device's events stay in order)
 //! and rejected frames on the dead-letter topic. `publish` returns only once the broker has
 //! confirmed the write, which is what lets the pod acknowledge a frame.
+//!
+//! A fatal producer error (librdkafka's idempotence state is broken, e.g. the broker
+//! reported an out-of-order sequence) makes the producer refuse everything from then on.
+//! The pod then reports not-ready, fails the frames in flight (they were not confirmed, so
+//! their agents resend them), builds a new producer from the same settings and becomes
+//! ready again once the new one has reached the cluster.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,9 +29,66 @@ use visionfleet_proto::event::{
 use crate::config::Config;
 use crate::error::Error;
 
+/// The current producer, and what it takes to replace it after a fatal error.
+struct ProducerSlot {
+    producer: RwLock<(u64, FutureProducer)>,
+    settings: ClientConfig,
+    startup_timeout: Duration,
+    /// False from a fatal error until the replacement reached the cluster.
+    healthy: Arc<AtomicBool>,
+    replaced: prometheus::IntCounter,
+}
+
+impl ProducerSlot {
+    /// The producer in use and its generation.
+    fn current(&self) -> (u64, FutureProducer) {
+        let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
+        (guard.0, guard.1.clone())
+    }
+
+    /// After a failed send or delivery: if the producer of `generation` is in a fatal
+    /// state, marks the pod unhealthy and replaces it (once per generation, on a blocking
+    /// thread since the metadata probe waits).
+    fn check_fatal(self: &Arc<Self>, generation: u64, producer: &FutureProducer) {
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return;
+        };
+        if self.producer.read().unwrap_or_else(|e| e.into_inner()).0 != generation
+            || !self.healthy.swap(false, Ordering::SeqCst)
+        {
+            return; // already being replaced
+        }
+        tracing::error!(%code, %reason, "fatal Kafka producer error: replacing the producer");
+        let slot = self.clone();
+        tokio::task::spawn_blocking(move || slot.replace(generation));
+    }
+
+    /// Installs a new producer built from the same settings, then waits until it reaches
+    /// the cluster before reporting healthy again.
+    fn replace(&self, generation: u64) {
+        let fresh = loop {
+            match self.settings.create::<FutureProducer>() {
+                Ok(p) => break p,
+                Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        *self.producer.write().unwrap_or_else(|e| e.into_inner()) = (generation + 1, fresh.clone());
+        while let Err(e) = fresh
+            .client()
+            .fetch_metadata(None, Timeout::After(self.startup_timeout))
+        {
+            tracing::warn!(error = %e, "new Kafka producer: no answer from the cluster yet");
+        }
+        self.replaced.inc();
+        self.healthy.store(true, Ordering::SeqCst);
+        tracing::info!("Kafka producer replaced; ready again");
+    }
+}
+
 /// The producer and where it writes.
 pub struct Publisher {
-    producer: FutureProducer,
+    slot: Arc<ProducerSlot>,
     topic: String,
     dead_letter_topic: String,
     source: String,
@@ -31,12 +96,15 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects, checks that the cluster answers, and creates the topics when missing.
-    pub async fn connect(config: &Config) -> Result<Self, Error> {
+    /// `replaced` counts producers replaced after fatal errors.
+    pub async fn connect(config: &Config, replaced: prometheus::IntCounter) -> Result<Self, Error> {
         let unavailable = |reason: String| Error::KafkaUnavailable {
             bootstrap: config.kafka_bootstrap.clone(),
             reason,
         };
         let mut client = ClientConfig::new();
+        // Set explicitly: librdkafka leaves idempotence off by default, and these two are
+        // what makes an acknowledged frame safe (`Config::validate` refuses overrides).
         client
             .set("bootstrap.servers", &config.kafka_bootstrap)
             .set("enable.idempotence", "true")
@@ -83,10 +151,14 @@ impl Publisher {
             ),
         ];
         let opts = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = admin
-            .create_topics(&topics, &opts)
-            .await
-            .map_err(|e| unavailable(format!("creating topics: {e}")))?;
+        let results = if config.create_topics {
+            admin
+                .create_topics(&topics, &opts)
+                .await
+                .map_err(|e| unavailable(format!("creating topics: {e}")))?
+        } else {
+            Vec::new()
+        };
         for result in results {
             match result {
                 Ok(topic) => tracing::info!(topic, "created topic"),
@@ -96,8 +168,20 @@ impl Publisher {
                 }
             }
         }
+        tracing::info!(
+            acks = client.get("acks").unwrap_or_default(),
+            enable_idempotence = client.get("enable.idempotence").unwrap_or_default(),
+            message_timeout_ms = client.get("message.timeout.ms").unwrap_or_default(),
+            "producer delivery guarantees"
+        );
         Ok(Self {
-            producer,
+            slot: Arc::new(ProducerSlot {
+                producer: RwLock::new((0, producer)),
+                settings: client,
+                startup_timeout: timeout,
+                healthy: Arc::new(AtomicBool::new(true)),
+                replaced,
+            }),
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             source: format!("/visionfleet/inference/{}", host_name()),
@@ -168,24 +252,41 @@ impl Publisher {
             .payload(payload)
             .headers(headers);
         let started = Instant::now();
+        let (generation, producer) = self.slot.current();
         // The in-flight windows bound what is queued far below librdkafka's own queue, so a
         // full local queue here means something is badly wrong: fail the frame (retryable).
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| Error::Publish(format!("enqueue: {e}")))?;
+        let delivery = match producer.send_result(record) {
+            Ok(d) => d,
+            Err((e, _)) => {
+                self.slot.check_fatal(generation, &producer);
+                return Err(Error::Publish(format!("enqueue: {e}")));
+            }
+        };
+        let slot = self.slot.clone();
         Ok(async move {
-            delivery
+            // Only a delivery report without error means the broker persisted the event
+            // with acks=all; anything else fails the frame, so it is never acknowledged.
+            let report = delivery
                 .await
-                .map_err(|_| Error::Publish("producer dropped the delivery report".into()))?
-                .map_err(|(e, _)| Error::Publish(e.to_string()))?;
+                .map_err(|_| Error::Publish("producer dropped the delivery report".into()))?;
+            if let Err((e, _)) = report {
+                slot.check_fatal(generation, &producer);
+                return Err(Error::Publish(e.to_string()));
+            }
             Ok(started.elapsed())
         })
     }
 
+    /// False while a producer that hit a fatal error is being replaced.
+    pub fn healthy(&self) -> Arc<AtomicBool> {
+        self.slot.healthy.clone()
+    }
+
     /// Waits (blocking) until every queued event is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        self.producer
+        self.slot
+            .current()
+            .1
             .flush(Timeout::After(timeout))
             .map_err(|e| Error::Publish(format!("flush: {e}")))
     }

@@ -54,6 +54,22 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts an open `StreamFrames` stream for as long as its task lives, however it ends.
+struct OpenStream(Arc<Pipeline>);
+
+impl OpenStream {
+    fn new(p: &Arc<Pipeline>) -> Self {
+        p.metrics.streams_open.inc();
+        Self(p.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.metrics.streams_open.dec();
+    }
+}
+
 /// A streamed frame after detection: its in-flight guard, identity and outcome.
 type Detected = (InFlight, FrameMeta, Result<DetectionEvent, Error>);
 
@@ -196,7 +212,9 @@ impl Ingest for IngestService {
         let pipeline = self.pipeline.clone();
         let window = self.window;
         let mut draining = self.draining.clone();
+        let open = OpenStream::new(&pipeline);
         tokio::spawn(async move {
+            let _open = open;
             let mut detecting = FuturesOrdered::new();
             let mut delivering: FuturesUnordered<Delivering> = FuturesUnordered::new();
             let mut reading = true;
@@ -217,10 +235,15 @@ impl Ingest for IngestService {
                         }
                         Ok(None) => reading = false,
                         Err(status) => {
+                            // Reset or broken: no ack can reach the client any more, so
+                            // the frames still being detected are dropped with the task
+                            // (the agent resends what it did not see acknowledged).
                             tracing::debug!(%status, "stream closed by peer");
-                            reading = false;
+                            let _ = tx.try_send(Err(status));
+                            return;
                         }
                     },
+                    _ = tx.closed() => return, // the client stopped reading acks
                     Some(detected) = detecting.next(), if !detecting.is_empty() => {
                         match deliver(&pipeline, detected) {
                             Ok(d) => delivering.push(d),

@@ -99,6 +99,11 @@ impl Kafka {
         self.script(&["stop-node", "--node", &k.to_string()]);
     }
 
+    /// Kills node `k` (1-based) with SIGKILL: no clean shutdown.
+    pub fn kill_node(&self, k: usize) {
+        self.script(&["stop-node", "--kill", "--node", &k.to_string()]);
+    }
+
     /// Starts node `k` again on its old ports and data.
     pub fn start_node(&self, k: usize) {
         self.script(&["start-node", "--node", &k.to_string()]);
