@@ -109,7 +109,10 @@ impl Tally {
         for p in payloads {
             let v: serde_json::Value = match serde_json::from_slice(p) {
                 Ok(v) => v,
-                Err(e) => panic!("an event that is not JSON ({e}): {:?}", String::from_utf8_lossy(p)),
+                Err(e) => panic!(
+                    "an event that is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(p)
+                ),
             };
             match v["event_id"].as_str() {
                 Some(id) => self.add(id),
@@ -197,7 +200,11 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from a non-zero seed (zero is replaced).
     pub fn new(seed: u64) -> Self {
-        Self(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// The next value.
