@@ -13,11 +13,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use visionfleet_proto::v1::Frame;
 
 use crate::spool::{self, Appended, Spool, SpoolConfig, SpoolCounters, SpoolError};
+use crate::spool_fs::{RealFs, SpoolFs};
 
 /// Which lane a frame waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -80,6 +82,15 @@ impl Lanes {
     /// Opens both lanes under `cfg.dir`, recovering each (see [`Spool::open`]).
     /// `urgent_share` (0..=1) of `cfg.max_bytes` is reserved for urgent frames.
     pub fn open(cfg: SpoolConfig, urgent_share: f64) -> Result<Self, SpoolError> {
+        Self::open_with(cfg, urgent_share, Arc::new(RealFs))
+    }
+
+    /// Like [`Lanes::open`], with both lanes on the file system `fs`.
+    pub fn open_with(
+        cfg: SpoolConfig,
+        urgent_share: f64,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<Self, SpoolError> {
         let budget = cfg.max_bytes;
         let urgent_reserved = (budget as f64 * urgent_share.clamp(0.0, 1.0)) as u64;
         let lane = |lane: Lane, max_bytes: u64| SpoolConfig {
@@ -89,8 +100,8 @@ impl Lanes {
         };
         Ok(Self {
             // Urgent frames may use the whole budget (by evicting routine ones).
-            urgent: Spool::open(lane(Lane::Urgent, budget))?,
-            routine: Spool::open(lane(Lane::Routine, budget - urgent_reserved))?,
+            urgent: Spool::open_with(lane(Lane::Urgent, budget), fs.clone())?,
+            routine: Spool::open_with(lane(Lane::Routine, budget - urgent_reserved), fs)?,
             budget,
             urgent_reserved,
             reserved_below: 0,
