@@ -883,6 +883,7 @@ mod tests {
     use visionfleet_proto::v1::frame::Image;
 
     use super::*;
+    use crate::spool_fs::FaultFs;
 
     fn cfg(dir: &Path, max_bytes: u64, policy: FullPolicy) -> SpoolConfig {
         SpoolConfig {
@@ -1108,6 +1109,55 @@ mod tests {
         assert!(bytes > 10);
         drop(s);
         assert_eq!(Spool::open(c).unwrap().len(), 1);
+    }
+
+    /// A spool on an in-memory disk.
+    fn open_fault(fs: &FaultFs, policy: FullPolicy) -> Spool {
+        let c = cfg(Path::new("/spool"), 1 << 20, policy);
+        Spool::open_with(c, Arc::new(fs.clone())).unwrap()
+    }
+
+    #[test]
+    fn appends_never_continue_in_a_segment_of_an_earlier_run() {
+        let fs = FaultFs::new();
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        s.append(&frame(1, 10)).unwrap();
+        drop(s);
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        s.append(&frame(2, 10)).unwrap();
+        let segs: Vec<String> = fs
+            .list(Path::new("/spool"))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        assert_eq!(segs, vec![segment_name(1), segment_name(2)]);
+        assert_eq!(s.waiting_from(0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    fn segment_name(first: u64) -> String {
+        format!("{first:020}.seg")
+    }
+
+    #[test]
+    fn an_ack_that_does_not_fit_is_lost_without_misaligning_later_ones() {
+        let fs = FaultFs::new();
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        for seq in 1..=4 {
+            s.append(&frame(seq, 10)).unwrap();
+        }
+        // Room for 3 bytes of the 8-byte entry: a partial entry, cut off before the next.
+        fs.set_capacity(Some(fs.used_bytes() + 3));
+        s.ack(1).unwrap();
+        assert!(!s.is_waiting(1));
+        fs.set_capacity(None);
+        s.ack(2).unwrap();
+        s.ack(3).unwrap();
+        assert_eq!(fs.read(Path::new("/spool/acks.log")).unwrap().len(), 16);
+        drop(s);
+        let s = open_fault(&fs, FullPolicy::Block);
+        // The lost ack means a resend of frame 1; frames 2 and 3 stay acknowledged.
+        assert_eq!(s.waiting_from(0).collect::<Vec<_>>(), vec![1, 4]);
     }
 
     #[test]
