@@ -34,7 +34,8 @@
 //!   the full policy applies as for the byte budget, with the same counters: drop-newest
 //!   refuses the frame, block returns [`Appended::Full`], drop-oldest removes the oldest
 //!   segments until the record fits. Appends resume by themselves once there is room. If
-//!   the partial record cannot be cut off, it is a write failure as above.
+//!   the partial record cannot be cut off, it is a write failure as above. The lanes
+//!   ([`crate::lanes`]) share one disk: urgent frames evict routine ones first.
 //! - A failed write to `acks.log` loses that entry (a resend after a restart, as for an
 //!   unsynced tail) and never stops acknowledgements, so that a full disk can still be
 //!   emptied by the uplink; a possibly partial entry is cut off before the next one is
@@ -182,6 +183,15 @@ struct Segment {
     waiting: usize,
     /// Takes no more appends (from an earlier run, or a write or sync failed in it).
     sealed: bool,
+}
+
+/// What an append does when the disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDiskFull {
+    /// Apply the full policy, as for the byte budget.
+    ApplyPolicy,
+    /// Return, so that the caller decides.
+    Return,
 }
 
 /// What [`Spool::write_record`] did.
@@ -334,6 +344,27 @@ impl Spool {
     /// Like [`Spool::append`], with the full policy applied at `budget` bytes (at most the
     /// configured budget): the priority lanes lend and borrow room between them.
     pub fn append_within(&mut self, frame: &Frame, budget: u64) -> Result<Appended, SpoolError> {
+        let outcome = self.append_inner(frame, budget, OnDiskFull::ApplyPolicy)?;
+        Ok(outcome.unwrap_or(Appended::Full))
+    }
+
+    /// Like [`Spool::append_within`], except that when the disk (rather than the budget)
+    /// is full it returns `None`, storing nothing and applying no policy, so that the
+    /// caller can make room elsewhere first: the urgent lane evicts routine frames.
+    pub fn append_unless_disk_full(
+        &mut self,
+        frame: &Frame,
+        budget: u64,
+    ) -> Result<Option<Appended>, SpoolError> {
+        self.append_inner(frame, budget, OnDiskFull::Return)
+    }
+
+    fn append_inner(
+        &mut self,
+        frame: &Frame,
+        budget: u64,
+        on_disk_full: OnDiskFull,
+    ) -> Result<Option<Appended>, SpoolError> {
         let budget = budget.min(self.cfg.max_bytes);
         let (record, captured_ms) = encode_record(frame);
         let size = record.len() as u64;
@@ -348,19 +379,30 @@ impl Spool {
         }
         while self.disk_bytes() + size > budget {
             if let Some(refused) = self.apply_full_policy(frame.sequence)? {
-                return Ok(refused);
+                return Ok(Some(refused));
             }
         }
         loop {
             match self.write_record(frame.sequence, &record, captured_ms)? {
-                Written::Stored => return Ok(Appended::Stored),
+                Written::Stored => return Ok(Some(Appended::Stored)),
+                Written::DiskFull if on_disk_full == OnDiskFull::Return => return Ok(None),
                 Written::DiskFull => {
                     if let Some(refused) = self.apply_full_policy(frame.sequence)? {
-                        return Ok(refused);
+                        return Ok(Some(refused));
                     }
                 }
             }
         }
+    }
+
+    /// Drops the oldest waiting frames (one segment's worth, counted as dropped-oldest)
+    /// to free disk space for another lane. Returns whether any were dropped.
+    pub fn drop_oldest(&mut self) -> Result<bool, SpoolError> {
+        let before = self.len();
+        if before > 0 {
+            self.shrink_to(self.disk_bytes().saturating_sub(1))?;
+        }
+        Ok(self.len() < before)
     }
 
     /// The full policy, once: `Some` outcome when the frame is refused, `None` when room
