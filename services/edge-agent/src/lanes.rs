@@ -7,17 +7,20 @@
 //! frames may use the rest. When urgent frames outgrow their share they take free room
 //! first and then evict the oldest routine frames (counted as the routine lane's
 //! drop-oldest); only when no routine frame is left does the urgent lane apply the full
-//! policy to itself. Sequence numbers are shared, so event ids stay unique per device.
+//! policy to itself. The same order holds when the disk fills up before the budget does.
+//! Sequence numbers are shared, so event ids stay unique per device.
 //!
 //! Layout: `<spool-dir>/urgent/` and `<spool-dir>/routine/`, each a [`Spool`].
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use visionfleet_proto::v1::Frame;
 
 use crate::spool::{self, Appended, Spool, SpoolConfig, SpoolCounters, SpoolError};
+use crate::spool_fs::{RealFs, SpoolFs};
 
 /// Which lane a frame waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -80,6 +83,15 @@ impl Lanes {
     /// Opens both lanes under `cfg.dir`, recovering each (see [`Spool::open`]).
     /// `urgent_share` (0..=1) of `cfg.max_bytes` is reserved for urgent frames.
     pub fn open(cfg: SpoolConfig, urgent_share: f64) -> Result<Self, SpoolError> {
+        Self::open_with(cfg, urgent_share, Arc::new(RealFs))
+    }
+
+    /// Like [`Lanes::open`], with both lanes on the file system `fs`.
+    pub fn open_with(
+        cfg: SpoolConfig,
+        urgent_share: f64,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<Self, SpoolError> {
         let budget = cfg.max_bytes;
         let urgent_reserved = (budget as f64 * urgent_share.clamp(0.0, 1.0)) as u64;
         let lane = |lane: Lane, max_bytes: u64| SpoolConfig {
@@ -89,8 +101,8 @@ impl Lanes {
         };
         Ok(Self {
             // Urgent frames may use the whole budget (by evicting routine ones).
-            urgent: Spool::open(lane(Lane::Urgent, budget))?,
-            routine: Spool::open(lane(Lane::Routine, budget - urgent_reserved))?,
+            urgent: Spool::open_with(lane(Lane::Urgent, budget), fs.clone())?,
+            routine: Spool::open_with(lane(Lane::Routine, budget - urgent_reserved), fs)?,
             budget,
             urgent_reserved,
             reserved_below: 0,
@@ -132,8 +144,17 @@ impl Lanes {
                 if after > self.urgent_reserved && after + self.routine.disk_bytes() > self.budget {
                     self.routine.shrink_to(self.budget.saturating_sub(after))?;
                 }
-                let room = self.budget.saturating_sub(self.routine.disk_bytes());
-                self.urgent.append_within(frame, room)
+                loop {
+                    let room = self.budget.saturating_sub(self.routine.disk_bytes());
+                    if let Some(outcome) = self.urgent.append_unless_disk_full(frame, room)? {
+                        return Ok(outcome);
+                    }
+                    // The disk filled up before the budget: routine frames make room
+                    // first here too; without any, the urgent lane's policy applies.
+                    if !self.routine.drop_oldest()? {
+                        return self.urgent.append_within(frame, room);
+                    }
+                }
             }
             Lane::Routine => {
                 let room = self
@@ -224,6 +245,7 @@ mod tests {
 
     use super::*;
     use crate::spool::FullPolicy;
+    use crate::spool_fs::FaultFs;
 
     fn frame(sequence: u64) -> Frame {
         Frame {
@@ -310,6 +332,37 @@ mod tests {
         for s in urgent {
             assert!(lanes.lane(Lane::Urgent).is_waiting(s), "urgent {s} dropped");
         }
+    }
+
+    #[test]
+    fn on_a_full_disk_urgent_frames_evict_routine_ones_first() {
+        let fs = FaultFs::new();
+        let cfg = SpoolConfig {
+            dir: "/spool".into(),
+            max_bytes: 1 << 20,
+            ttl: None,
+            policy: FullPolicy::DropOldest,
+            segment_bytes: 300,
+        };
+        let mut lanes = Lanes::open_with(cfg, 0.25, Arc::new(fs.clone())).expect("open");
+        fs.set_capacity(Some(2000));
+        for _ in 0..30 {
+            push(&mut lanes, Lane::Routine);
+        }
+        let routine_before = lanes.lane(Lane::Routine).len();
+        for _ in 0..10 {
+            assert_eq!(push(&mut lanes, Lane::Urgent).1, Appended::Stored);
+            assert!(fs.used_bytes() <= 2000);
+        }
+        let c = lanes.counters();
+        assert_eq!(
+            c.urgent.dropped_oldest + c.urgent.dropped_newest,
+            0,
+            "{c:?}"
+        );
+        assert_eq!(lanes.lane(Lane::Urgent).len(), 10);
+        assert!(lanes.lane(Lane::Routine).len() < routine_before, "{c:?}");
+        assert!(c.routine.dropped_oldest > 0, "{c:?}");
     }
 
     #[test]

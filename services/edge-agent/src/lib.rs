@@ -14,6 +14,7 @@ pub mod priority;
 pub mod shaping;
 pub mod source;
 pub mod spool;
+pub mod spool_fs;
 pub mod spooled;
 pub mod status;
 pub mod transport;

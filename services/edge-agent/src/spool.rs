@@ -13,15 +13,45 @@
 //! - `acks.log`: sequence numbers acknowledged or dropped, 8 bytes each, written without a
 //!   sync: if the tail is lost, those frames are sent again with the same event id (a
 //!   counted duplicate, never a loss).
+//!
+//! All file I/O goes through a [`SpoolFs`]: [`Spool::open`] uses the real file system,
+//! [`Spool::open_with`] any other (tests use [`crate::spool_fs::FaultFs`], which loses
+//! power and fails syncs and writes on demand).
+//!
+//! Disk errors:
+//! - A failed write or sync of a record: the frame is not stored (`append` returns the
+//!   error, naming the segment), nothing is acknowledged or deleted on its account, and
+//!   the bytes that may have been written are never trusted. The segment is cut back to
+//!   its last synced length (best effort) and sealed: the next append starts a new
+//!   segment, because after a failed `fsync` the kernel may have dropped those pages while
+//!   still showing them, and records appended after them could be cut off with them by a
+//!   later recovery. The frame's sequence number is not reused (the record may still turn
+//!   up after a restart, checked by its CRC like any other: a frame sent though `append`
+//!   failed, never one sent twice under one number).
+//! - For the same reason, appends never continue in a segment of an earlier run: the
+//!   first append after [`Spool::open`] starts a new segment.
+//! - Disk full (ENOSPC or a quota on a record write): the partial record is cut off and
+//!   the full policy applies as for the byte budget, with the same counters: drop-newest
+//!   refuses the frame, block returns [`Appended::Full`], drop-oldest removes the oldest
+//!   segments until the record fits. Appends resume by themselves once there is room. If
+//!   the partial record cannot be cut off, it is a write failure as above. The lanes
+//!   ([`crate::lanes`]) share one disk: urgent frames evict routine ones first.
+//! - A failed write to `acks.log` loses that entry (a resend after a restart, as for an
+//!   unsynced tail) and never stops acknowledgements, so that a full disk can still be
+//!   emptied by the uplink; a possibly partial entry is cut off before the next one is
+//!   written, so that later entries stay aligned.
+//! - Dropping a whole segment (drop-oldest) writes no ack entries: removing the file is
+//!   what forgets its frames (if a power cut undoes the removal, they are sent again).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use visionfleet_proto::v1::Frame;
+
+use crate::spool_fs::{RealFs, SpoolFile, SpoolFs, SpoolLock};
 
 /// Header bytes before each record body.
 const HEADER: u64 = 8;
@@ -29,8 +59,10 @@ const HEADER: u64 = 8;
 const BODY_PREFIX: usize = 16;
 /// No record is larger (a frame is limited far below this); a larger length is corruption.
 const MAX_RECORD: u32 = 256 << 20;
+/// Bytes of an acks.log entry.
+const ACK_ENTRY: u64 = 8;
 
-/// What to do when a new frame does not fit in the byte budget.
+/// What to do when a new frame does not fit in the byte budget (or on the disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum FullPolicy {
     /// Drop the oldest waiting frames (a whole segment at a time) to make room.
@@ -78,9 +110,10 @@ pub struct SpoolCounters {
 pub enum Appended {
     /// Stored and synced: it will be sent until acknowledged.
     Stored,
-    /// Not stored: the spool is full and the policy is drop-newest.
+    /// Not stored: the spool (or the disk) is full and the policy is drop-newest.
     DroppedNewest,
-    /// Not stored: the spool is full and the policy is block; try again after acks.
+    /// Not stored: the spool (or the disk) is full and the policy is block; try again
+    /// after acks.
     Full,
 }
 
@@ -88,7 +121,7 @@ pub enum Appended {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// Reading or writing the spool failed. After a failed write or sync nothing is
-    /// acknowledged or deleted on its account.
+    /// acknowledged or deleted on its account (see the module documentation).
     #[error("spool i/o at {path}: {source}")]
     Io {
         /// The file involved.
@@ -124,6 +157,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// Whether a write failed for lack of room (which the full policy handles).
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Where a waiting record lives.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
@@ -136,81 +177,95 @@ struct Loc {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
+    /// Bytes of whole, synced records: where the next record goes.
     bytes: u64,
     /// Waiting records in it.
     waiting: usize,
+    /// Takes no more appends (from an earlier run, or a write or sync failed in it).
+    sealed: bool,
+}
+
+/// What an append does when the disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDiskFull {
+    /// Apply the full policy, as for the byte budget.
+    ApplyPolicy,
+    /// Return, so that the caller decides.
+    Return,
+}
+
+/// What [`Spool::write_record`] did.
+enum Written {
+    Stored,
+    /// The disk is full; nothing of the record is left in the segment.
+    DiskFull,
 }
 
 /// The spool. Not thread-safe by itself: the agent keeps it behind a mutex.
 pub struct Spool {
     cfg: SpoolConfig,
+    fs: Arc<dyn SpoolFs>,
     segments: BTreeMap<u64, Segment>,
     waiting: BTreeMap<u64, Loc>,
-    active: Option<File>,
-    acks: File,
+    /// The newest segment, open for appends (none until the first append of this run).
+    active: Option<Box<dyn SpoolFile>>,
+    acks: Box<dyn SpoolFile>,
     acks_path: PathBuf,
     acks_written: u64,
+    /// acks.log may end in a partial entry (a failed write not yet cut off).
+    acks_torn: bool,
     last_sequence: Option<u64>,
     counters: SpoolCounters,
     /// Held (locked) while the spool is open.
-    _lock: File,
+    _lock: SpoolLock,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool, recovering from a crash: torn or corrupt tails are
-    /// cut off, acknowledged frames are forgotten, the rest wait to be sent again.
+    /// Opens (or creates) the spool on the real file system, recovering from a crash:
+    /// torn or corrupt tails are cut off, acknowledged frames are forgotten, the rest wait
+    /// to be sent again.
     pub fn open(cfg: SpoolConfig) -> Result<Self, SpoolError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
+        Self::open_with(cfg, Arc::new(RealFs))
+    }
+
+    /// Like [`Spool::open`], on the file system `fs`.
+    pub fn open_with(cfg: SpoolConfig, fs: Arc<dyn SpoolFs>) -> Result<Self, SpoolError> {
+        fs.create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
         // One process per spool: a second one would cut "torn" tails that are being
         // written and lose acks to a rewritten log.
         let lock_path = cfg.dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked(cfg.dir.clone()))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
-        }
+        let lock = fs
+            .try_lock(&lock_path)
+            .map_err(io(&lock_path))?
+            .ok_or_else(|| SpoolError::Locked(cfg.dir.clone()))?;
         let acks_path = cfg.dir.join("acks.log");
-        let acked = read_acks(&acks_path)?;
+        let acked = read_acks(fs.as_ref(), &acks_path)?;
+        let acks = fs.open_append(&acks_path, true).map_err(io(&acks_path))?;
         let mut spool = Spool {
             segments: BTreeMap::new(),
             waiting: BTreeMap::new(),
             active: None,
-            acks: OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&acks_path)
-                .map_err(io(&acks_path))?,
+            acks,
             acks_written: acked.len() as u64,
+            acks_torn: false,
             acks_path,
             last_sequence: None,
             counters: SpoolCounters::default(),
             _lock: lock,
+            fs,
             cfg,
         };
         // Acks of frames in each segment: what the rewritten ack log keeps (those of
         // segments deleted below are dropped with them).
         let mut handled: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for id in segment_ids(&spool.cfg.dir)? {
+        for id in segment_ids(spool.fs.as_ref(), &spool.cfg.dir)? {
             let h = spool.recover_segment(id, &acked)?;
             handled.insert(id, h);
         }
         // Forget fully handled segments, keeping the newest for its sequence numbers.
         spool.delete_finished_segments()?;
-        if let Some((&id, seg)) = spool.segments.iter().next_back() {
-            let f = OpenOptions::new()
-                .append(true)
-                .open(&seg.path)
-                .map_err(io(&seg.path))?;
-            spool.active = Some(f);
-            spool.last_sequence = Some(spool.last_sequence.unwrap_or(id).max(id));
+        if let Some(&id) = spool.segments.keys().next_back() {
+            spool.last_sequence = Some(spool.last_sequence.map_or(id, |s| s.max(id)));
         }
         // The ack log is rewritten whole at every open, so a torn last entry cannot
         // misalign later ones; the segments were just scanned, so no second read.
@@ -224,10 +279,11 @@ impl Spool {
     }
 
     /// Loads one segment, cutting off a torn tail; returns the sequences in it that are
-    /// already handled (acknowledged or dropped).
+    /// already handled (acknowledged or dropped). It is sealed: appends of this run go to
+    /// new segments (see the module documentation).
     fn recover_segment(&mut self, id: u64, acked: &BTreeSet<u64>) -> Result<Vec<u64>, SpoolError> {
         let path = segment_path(&self.cfg.dir, id);
-        let scanned = scan_segment(&path)?;
+        let scanned = scan_segment(self.fs.as_ref(), &path)?;
         let mut waiting = 0;
         let mut handled = Vec::new();
         for r in &scanned.records {
@@ -256,12 +312,10 @@ impl Spool {
                 bytes = scanned.total - scanned.clean,
                 "spool: cutting off a torn or corrupt tail"
             );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
+            self.fs
+                .truncate(&path, scanned.clean)
+                .and_then(|()| self.fs.sync_file(&path))
                 .map_err(io(&path))?;
-            f.set_len(scanned.clean).map_err(io(&path))?;
-            f.sync_all().map_err(io(&path))?;
             self.counters.truncated_bytes += scanned.total - scanned.clean;
         }
         self.segments.insert(
@@ -270,13 +324,14 @@ impl Spool {
                 path,
                 bytes: scanned.clean,
                 waiting,
+                sealed: true,
             },
         );
         Ok(handled)
     }
 
-    /// The sequence number to give the next frame: one past the last ever spooled, and at
-    /// least `floor`.
+    /// The sequence number to give the next frame: one past the last ever spooled (or
+    /// attempted: see the module documentation), and at least `floor`.
     pub fn next_sequence(&self, floor: u64) -> u64 {
         self.last_sequence.map_or(floor, |s| (s + 1).max(floor))
     }
@@ -289,15 +344,30 @@ impl Spool {
     /// Like [`Spool::append`], with the full policy applied at `budget` bytes (at most the
     /// configured budget): the priority lanes lend and borrow room between them.
     pub fn append_within(&mut self, frame: &Frame, budget: u64) -> Result<Appended, SpoolError> {
+        let outcome = self.append_inner(frame, budget, OnDiskFull::ApplyPolicy)?;
+        Ok(outcome.unwrap_or(Appended::Full))
+    }
+
+    /// Like [`Spool::append_within`], except that when the disk (rather than the budget)
+    /// is full it returns `None`, storing nothing and applying no policy, so that the
+    /// caller can make room elsewhere first: the urgent lane evicts routine frames.
+    pub fn append_unless_disk_full(
+        &mut self,
+        frame: &Frame,
+        budget: u64,
+    ) -> Result<Option<Appended>, SpoolError> {
+        self.append_inner(frame, budget, OnDiskFull::Return)
+    }
+
+    fn append_inner(
+        &mut self,
+        frame: &Frame,
+        budget: u64,
+        on_disk_full: OnDiskFull,
+    ) -> Result<Option<Appended>, SpoolError> {
         let budget = budget.min(self.cfg.max_bytes);
-        let mut body = Vec::with_capacity(BODY_PREFIX + frame.encoded_len());
-        body.extend_from_slice(&frame.sequence.to_le_bytes());
-        let captured_ms = frame.captured_at.as_ref().map_or_else(now_ms, |t| {
-            t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-        });
-        body.extend_from_slice(&captured_ms.to_le_bytes());
-        frame.encode(&mut body).expect("a Vec grows as needed");
-        let size = HEADER + body.len() as u64;
+        let (record, captured_ms) = encode_record(frame);
+        let size = record.len() as u64;
         if size > self.cfg.max_bytes {
             return Err(SpoolError::FrameTooLarge {
                 size,
@@ -308,99 +378,185 @@ impl Spool {
             self.expire(ttl)?;
         }
         while self.disk_bytes() + size > budget {
-            match self.cfg.policy {
-                FullPolicy::DropNewest => {
-                    self.counters.dropped_newest += 1;
-                    return Ok(Appended::DroppedNewest);
-                }
-                FullPolicy::Block => return Ok(Appended::Full),
-                FullPolicy::DropOldest => {
-                    if !self.drop_oldest_segment()? {
-                        // Only the newest segment is left and it holds everything: start
-                        // a new one so the old one can go.
-                        self.roll(frame.sequence)?;
-                        if !self.drop_oldest_segment()? {
-                            // Nothing of this lane is left to drop: the room went to
-                            // the other lane.
-                            self.counters.dropped_newest += 1;
-                            return Ok(Appended::DroppedNewest);
-                        }
+            if let Some(refused) = self.apply_full_policy(frame.sequence)? {
+                return Ok(Some(refused));
+            }
+        }
+        loop {
+            match self.write_record(frame.sequence, &record, captured_ms)? {
+                Written::Stored => return Ok(Some(Appended::Stored)),
+                Written::DiskFull if on_disk_full == OnDiskFull::Return => return Ok(None),
+                Written::DiskFull => {
+                    if let Some(refused) = self.apply_full_policy(frame.sequence)? {
+                        return Ok(Some(refused));
                     }
                 }
             }
         }
-        let needs_roll = self
-            .segments
-            .values()
-            .next_back()
-            .is_none_or(|s| s.bytes + size > self.cfg.segment_bytes && s.bytes > 0);
+    }
+
+    /// Drops the oldest waiting frames (one segment's worth, counted as dropped-oldest)
+    /// to free disk space for another lane. Returns whether any were dropped.
+    pub fn drop_oldest(&mut self) -> Result<bool, SpoolError> {
+        let before = self.len();
+        if before > 0 {
+            self.shrink_to(self.disk_bytes().saturating_sub(1))?;
+        }
+        Ok(self.len() < before)
+    }
+
+    /// The full policy, once: `Some` outcome when the frame is refused, `None` when room
+    /// was made (a segment dropped) and the frame should be tried again.
+    fn apply_full_policy(&mut self, sequence: u64) -> Result<Option<Appended>, SpoolError> {
+        match self.cfg.policy {
+            FullPolicy::DropNewest => {
+                self.counters.dropped_newest += 1;
+                Ok(Some(Appended::DroppedNewest))
+            }
+            FullPolicy::Block => Ok(Some(Appended::Full)),
+            FullPolicy::DropOldest => {
+                if self.drop_oldest_segment()? {
+                    return Ok(None);
+                }
+                // Only the newest segment is left and it holds everything: start a new
+                // one so the old one can go.
+                self.roll(sequence)?;
+                if self.drop_oldest_segment()? {
+                    return Ok(None);
+                }
+                // Nothing of this lane is left to drop: the room went to the other lane
+                // (or to something else on the disk).
+                self.counters.dropped_newest += 1;
+                Ok(Some(Appended::DroppedNewest))
+            }
+        }
+    }
+
+    /// Writes one record at the end of the newest segment (starting one if needed) and
+    /// syncs it, then records it as waiting. See the module documentation for failures.
+    fn write_record(
+        &mut self,
+        sequence: u64,
+        record: &[u8],
+        captured_ms: i64,
+    ) -> Result<Written, SpoolError> {
+        let size = record.len() as u64;
+        let needs_roll = self.active.is_none()
+            || self.segments.values().next_back().is_none_or(|s| {
+                s.sealed || (s.bytes + size > self.cfg.segment_bytes && s.bytes > 0)
+            });
         if needs_roll {
-            self.roll(frame.sequence)?;
+            self.roll(sequence)?;
         }
         let (&id, seg) = self
             .segments
-            .iter_mut()
+            .iter()
             .next_back()
             .expect("a segment exists after roll");
-        let mut record = Vec::with_capacity(size as usize);
-        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        record.extend_from_slice(&body);
+        let (offset, path) = (seg.bytes, seg.path.clone());
         let f = self.active.as_mut().expect("the newest segment is open");
-        // Written and synced before the frame counts as stored; on failure nothing is
-        // recorded, and the partial bytes are cut off on the next open.
-        f.write_all(&record)
-            .and_then(|()| f.sync_data())
-            .map_err(io(&seg.path))?;
+        if let Err(e) = f.write_all(record) {
+            if is_disk_full(&e) && self.cut_back(id) {
+                return Ok(Written::DiskFull);
+            }
+            return Err(self.abandon(id, sequence, io(&path)(e)));
+        }
+        if let Err(e) = f.sync_data() {
+            return Err(self.abandon(id, sequence, io(&path)(e)));
+        }
         self.waiting.insert(
-            frame.sequence,
+            sequence,
             Loc {
                 segment: id,
-                offset: seg.bytes,
+                offset,
                 len: size as u32,
                 captured_ms,
             },
         );
-        seg.bytes += size;
-        seg.waiting += 1;
-        self.last_sequence = Some(frame.sequence);
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.bytes += size;
+            seg.waiting += 1;
+        }
+        self.note_sequence(sequence);
         self.counters.appended += 1;
-        Ok(Appended::Stored)
+        Ok(Written::Stored)
     }
 
-    /// Starts a new segment named after the first sequence it will hold.
-    fn roll(&mut self, first_sequence: u64) -> Result<(), SpoolError> {
-        let path = segment_path(&self.cfg.dir, first_sequence);
-        if self.segments.contains_key(&first_sequence) {
-            return Ok(());
+    /// Cuts segment `id` back to its whole, synced records (dropping a failed record's
+    /// bytes). Returns whether that worked.
+    fn cut_back(&mut self, id: u64) -> bool {
+        let Some(seg) = self.segments.get(&id) else {
+            return false;
+        };
+        match self.fs.truncate(&seg.path, seg.bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: cannot cut off a failed record");
+                false
+            }
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
+    }
+
+    /// After a failed write or sync in segment `id`: cuts the record's bytes off (best
+    /// effort), seals the segment and retires `sequence`. Returns `error`.
+    fn abandon(&mut self, id: u64, sequence: u64, error: SpoolError) -> SpoolError {
+        tracing::warn!(error = %error, sequence, "spool: frame not stored; the segment takes no more appends");
+        self.cut_back(id);
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.sealed = true;
+        }
+        self.active = None;
+        self.note_sequence(sequence);
+        error
+    }
+
+    /// `sequence` is taken: the next frame gets a higher one.
+    fn note_sequence(&mut self, sequence: u64) {
+        self.last_sequence = Some(self.last_sequence.map_or(sequence, |s| s.max(sequence)));
+    }
+
+    /// Starts a new segment for appends, named after the first sequence it will hold
+    /// (above the newest segment's name, so names stay in order).
+    fn roll(&mut self, first_sequence: u64) -> Result<(), SpoolError> {
+        let id = match self.segments.iter().next_back() {
+            // Already started for this frame.
+            Some((&newest, s))
+                if newest == first_sequence && !s.sealed && self.active.is_some() =>
+            {
+                return Ok(())
+            }
+            Some((&newest, _)) => first_sequence.max(newest + 1),
+            None => first_sequence,
+        };
+        let path = segment_path(&self.cfg.dir, id);
+        let f = self.fs.open_append(&path, true).map_err(io(&path))?;
         // The new file's directory entry must survive a power cut before records in it
         // count as stored.
-        sync_dir(&self.cfg.dir)?;
+        sync_dir(self.fs.as_ref(), &self.cfg.dir)?;
         self.active = Some(f);
         self.segments.insert(
-            first_sequence,
+            id,
             Segment {
                 path,
                 bytes: 0,
                 waiting: 0,
+                sealed: false,
             },
         );
         self.delete_finished_segments()
     }
 
-    /// Drops every waiting frame of the oldest segment (not the newest). Returns whether
-    /// one was dropped.
+    /// Drops every waiting frame of the oldest segment (not the newest) by removing the
+    /// file. Returns whether one was dropped.
     fn drop_oldest_segment(&mut self) -> Result<bool, SpoolError> {
         if self.segments.len() < 2 {
             return Ok(false);
         }
-        let oldest = *self.segments.keys().next().expect("two segments");
+        let Some((&oldest, seg)) = self.segments.iter().next() else {
+            return Ok(false);
+        };
+        remove_segment(self.fs.as_ref(), &seg.path)?;
+        self.segments.remove(&oldest);
         let victims: Vec<u64> = self
             .waiting
             .iter()
@@ -409,9 +565,8 @@ impl Spool {
             .collect();
         self.counters.dropped_oldest += victims.len() as u64;
         for s in victims {
-            self.forget(s)?;
+            self.waiting.remove(&s);
         }
-        self.delete_finished_segments()?;
         Ok(true)
     }
 
@@ -445,34 +600,55 @@ impl Spool {
             .collect();
         self.counters.expired += old.len() as u64;
         for &s in &old {
-            self.forget(s)?;
+            self.forget(s);
         }
         self.delete_finished_segments()?;
         Ok(old.len() as u64)
     }
 
-    /// The pod acknowledged (or permanently rejected) frame `sequence`: forget it.
+    /// The pod acknowledged (or permanently rejected) frame `sequence`: forget it. An
+    /// error comes from the housekeeping after it (deleting a finished segment, compacting
+    /// acks.log): the frame is forgotten all the same, and the housekeeping is retried.
     pub fn ack(&mut self, sequence: u64) -> Result<(), SpoolError> {
         if self.waiting.contains_key(&sequence) {
-            self.forget(sequence)?;
+            self.forget(sequence);
             self.counters.acknowledged += 1;
             self.delete_finished_segments()?;
         }
         Ok(())
     }
 
-    fn forget(&mut self, sequence: u64) -> Result<(), SpoolError> {
+    fn forget(&mut self, sequence: u64) {
         let Some(loc) = self.waiting.remove(&sequence) else {
-            return Ok(());
+            return;
         };
         if let Some(seg) = self.segments.get_mut(&loc.segment) {
             seg.waiting -= 1;
         }
-        self.acks
-            .write_all(&sequence.to_le_bytes())
-            .map_err(io(&self.acks_path))?;
-        self.acks_written += 1;
-        Ok(())
+        self.log_ack(sequence);
+    }
+
+    /// Appends `sequence` to acks.log (unsynced). A failed write only loses the entry (see
+    /// the module documentation); a partial entry is cut off before the next one goes in,
+    /// and while that fails no entry is written.
+    fn log_ack(&mut self, sequence: u64) {
+        if self.acks_torn {
+            if self
+                .fs
+                .truncate(&self.acks_path, self.acks_written * ACK_ENTRY)
+                .is_err()
+            {
+                return;
+            }
+            self.acks_torn = false;
+        }
+        match self.acks.write_all(&sequence.to_le_bytes()) {
+            Ok(()) => self.acks_written += 1,
+            Err(e) => {
+                tracing::warn!(sequence, error = %e, "spool: ack not logged; the frame is resent after a restart");
+                self.acks_torn = true;
+            }
+        }
     }
 
     fn delete_finished_segments(&mut self) -> Result<(), SpoolError> {
@@ -484,8 +660,10 @@ impl Spool {
             .map(|(&id, _)| id)
             .collect();
         for id in &done {
-            let seg = self.segments.remove(id).expect("listed above");
-            std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+            if let Some(seg) = self.segments.get(id) {
+                remove_segment(self.fs.as_ref(), &seg.path)?;
+            }
+            self.segments.remove(id);
         }
         if !done.is_empty() && self.acks_written > 4096 && self.acks_written > 4 * self.len() {
             self.compact_acks()?;
@@ -503,28 +681,33 @@ impl Spool {
     /// Replaces acks.log with `live`, atomically.
     fn write_acks(&mut self, live: &[u64]) -> Result<(), SpoolError> {
         let tmp = self.cfg.dir.join("acks.log.tmp");
-        let mut buf = Vec::with_capacity(live.len() * 8);
+        let mut buf = Vec::with_capacity(live.len() * ACK_ENTRY as usize);
         for s in live {
             buf.extend_from_slice(&s.to_le_bytes());
         }
-        std::fs::write(&tmp, &buf)
-            .and_then(|()| File::open(&tmp)?.sync_all())
+        self.fs
+            .write_file(&tmp, &buf)
+            .and_then(|()| self.fs.sync_file(&tmp))
             .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &self.acks_path).map_err(io(&self.acks_path))?;
-        sync_dir(&self.cfg.dir)?;
-        self.acks = OpenOptions::new()
-            .append(true)
-            .open(&self.acks_path)
+        self.fs
+            .rename(&tmp, &self.acks_path)
             .map_err(io(&self.acks_path))?;
+        // The new log is in place: later entries go to it even if the folder sync below
+        // fails (then a power cut brings back the old log, whose acks are all still true).
         self.acks_written = live.len() as u64;
-        Ok(())
+        self.acks_torn = false;
+        self.acks = self
+            .fs
+            .open_append(&self.acks_path, false)
+            .map_err(io(&self.acks_path))?;
+        sync_dir(self.fs.as_ref(), &self.cfg.dir)
     }
 
     /// Sequences in live segments that are no longer waiting.
     fn live_handled_sequences(&self) -> Result<Vec<u64>, SpoolError> {
         let mut out = Vec::new();
         for seg in self.segments.values() {
-            for r in scan_segment(&seg.path)?.records {
+            for r in scan_segment(self.fs.as_ref(), &seg.path)?.records {
                 if !self.waiting.contains_key(&r.sequence) {
                     out.push(r.sequence);
                 }
@@ -549,10 +732,9 @@ impl Spool {
             return Ok(None);
         };
         let seg = &self.segments[&loc.segment];
-        let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
-        let mut record = vec![0u8; loc.len as usize];
-        f.seek(SeekFrom::Start(loc.offset))
-            .and_then(|_| f.read_exact(&mut record))
+        let record = self
+            .fs
+            .read_range(&seg.path, loc.offset, loc.len as usize)
             .map_err(io(&seg.path))?;
         let (body, _) = parse_record(&record, 0).ok_or_else(|| SpoolError::BadRecord {
             sequence,
@@ -596,11 +778,16 @@ impl Spool {
 /// Read-only view of a spool folder, safe while an agent has it open: the frames
 /// waiting (stored, not acknowledged) and their bytes. For `status` and for tests.
 pub fn peek(dir: &Path) -> Result<(BTreeSet<u64>, u64), SpoolError> {
-    let acked = read_acks(&dir.join("acks.log"))?;
+    peek_with(&RealFs, dir)
+}
+
+/// Like [`peek`], on the file system `fs`.
+pub fn peek_with(fs: &dyn SpoolFs, dir: &Path) -> Result<(BTreeSet<u64>, u64), SpoolError> {
+    let acked = read_acks(fs, &dir.join("acks.log"))?;
     let mut waiting = BTreeSet::new();
     let mut bytes = 0;
-    for id in segment_ids(dir)? {
-        let scanned = scan_segment(&segment_path(dir, id))?;
+    for id in segment_ids(fs, dir)? {
+        let scanned = scan_segment(fs, &segment_path(dir, id))?;
         for r in scanned.records {
             if !acked.contains(&r.sequence) {
                 waiting.insert(r.sequence);
@@ -616,19 +803,41 @@ pub fn record_size(frame: &Frame) -> u64 {
     HEADER + (BODY_PREFIX + frame.encoded_len()) as u64
 }
 
+/// A frame's record (header and body) and its capture time in Unix milliseconds.
+fn encode_record(frame: &Frame) -> (Vec<u8>, i64) {
+    let captured_ms = frame.captured_at.as_ref().map_or_else(now_ms, |t| {
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    });
+    let mut body = Vec::with_capacity(BODY_PREFIX + frame.encoded_len());
+    body.extend_from_slice(&frame.sequence.to_le_bytes());
+    body.extend_from_slice(&captured_ms.to_le_bytes());
+    frame.encode(&mut body).expect("a Vec grows as needed");
+    let mut record = Vec::with_capacity(HEADER as usize + body.len());
+    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    record.extend_from_slice(&body);
+    (record, captured_ms)
+}
+
 fn segment_path(dir: &Path, first_sequence: u64) -> PathBuf {
     dir.join(format!("{first_sequence:020}.seg"))
 }
 
+/// Removes a segment file; one already gone counts as removed.
+fn remove_segment(fs: &dyn SpoolFs, path: &Path) -> Result<(), SpoolError> {
+    match fs.remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Segment ids (first sequence numbers) in `dir`, oldest first.
-fn segment_ids(dir: &Path) -> Result<Vec<u64>, SpoolError> {
-    let mut ids: Vec<u64> = std::fs::read_dir(dir)
+fn segment_ids(fs: &dyn SpoolFs, dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut ids: Vec<u64> = fs
+        .list(dir)
         .map_err(io(dir))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".seg")?.parse().ok()
-        })
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
         .collect();
     ids.sort_unstable();
     Ok(ids)
@@ -649,14 +858,13 @@ struct ScannedSegment {
     total: u64,
 }
 
-fn scan_segment(path: &Path) -> Result<ScannedSegment, SpoolError> {
-    let mut data = Vec::new();
-    match File::open(path).and_then(|mut f| f.read_to_end(&mut data)) {
-        Ok(_) => {}
+fn scan_segment(fs: &dyn SpoolFs, path: &Path) -> Result<ScannedSegment, SpoolError> {
+    let data = match fs.read(path) {
+        Ok(data) => data,
         // Deleted by its agent since the folder was listed (peek): nothing waits there.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(path)(e)),
-    }
+    };
     let mut records = Vec::new();
     let mut offset = 0usize;
     while let Some((body, next)) = parse_record(&data, offset) {
@@ -689,11 +897,11 @@ fn parse_record(data: &[u8], offset: usize) -> Option<(&[u8], usize)> {
     (crc32fast::hash(body) == crc).then_some((body, start + len as usize))
 }
 
-fn read_acks(path: &Path) -> Result<BTreeSet<u64>, SpoolError> {
-    match std::fs::read(path) {
+fn read_acks(fs: &dyn SpoolFs, path: &Path) -> Result<BTreeSet<u64>, SpoolError> {
+    match fs.read(path) {
         // A torn last entry (fewer than 8 bytes) is ignored: that frame is resent.
         Ok(data) => Ok(data
-            .chunks_exact(8)
+            .chunks_exact(ACK_ENTRY as usize)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
@@ -701,8 +909,8 @@ fn read_acks(path: &Path) -> Result<BTreeSet<u64>, SpoolError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+fn sync_dir(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+    fs.sync_dir(dir).map_err(io(dir))
 }
 
 /// Milliseconds since the Unix epoch (capture times in records).
@@ -717,6 +925,7 @@ mod tests {
     use visionfleet_proto::v1::frame::Image;
 
     use super::*;
+    use crate::spool_fs::FaultFs;
 
     fn cfg(dir: &Path, max_bytes: u64, policy: FullPolicy) -> SpoolConfig {
         SpoolConfig {
@@ -942,6 +1151,55 @@ mod tests {
         assert!(bytes > 10);
         drop(s);
         assert_eq!(Spool::open(c).unwrap().len(), 1);
+    }
+
+    /// A spool on an in-memory disk.
+    fn open_fault(fs: &FaultFs, policy: FullPolicy) -> Spool {
+        let c = cfg(Path::new("/spool"), 1 << 20, policy);
+        Spool::open_with(c, Arc::new(fs.clone())).unwrap()
+    }
+
+    #[test]
+    fn appends_never_continue_in_a_segment_of_an_earlier_run() {
+        let fs = FaultFs::new();
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        s.append(&frame(1, 10)).unwrap();
+        drop(s);
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        s.append(&frame(2, 10)).unwrap();
+        let segs: Vec<String> = fs
+            .list(Path::new("/spool"))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        assert_eq!(segs, vec![segment_name(1), segment_name(2)]);
+        assert_eq!(s.waiting_from(0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    fn segment_name(first: u64) -> String {
+        format!("{first:020}.seg")
+    }
+
+    #[test]
+    fn an_ack_that_does_not_fit_is_lost_without_misaligning_later_ones() {
+        let fs = FaultFs::new();
+        let mut s = open_fault(&fs, FullPolicy::Block);
+        for seq in 1..=4 {
+            s.append(&frame(seq, 10)).unwrap();
+        }
+        // Room for 3 bytes of the 8-byte entry: a partial entry, cut off before the next.
+        fs.set_capacity(Some(fs.used_bytes() + 3));
+        s.ack(1).unwrap();
+        assert!(!s.is_waiting(1));
+        fs.set_capacity(None);
+        s.ack(2).unwrap();
+        s.ack(3).unwrap();
+        assert_eq!(fs.read(Path::new("/spool/acks.log")).unwrap().len(), 16);
+        drop(s);
+        let s = open_fault(&fs, FullPolicy::Block);
+        // The lost ack means a resend of frame 1; frames 2 and 3 stay acknowledged.
+        assert_eq!(s.waiting_from(0).collect::<Vec<_>>(), vec![1, 4]);
     }
 
     #[test]
