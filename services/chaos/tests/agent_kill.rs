@@ -37,7 +37,7 @@ fn tear_tail(spool: &Path, rng: &mut Rng) -> u64 {
         })
         .expect("a segment exists after the first capture");
     let body: Vec<u8> = (0..64).map(|_| rng.next_u64() as u8).collect();
-    let claimed: u32 = if rng.next_u64() % 2 == 0 { 4096 } else { 64 };
+    let claimed: u32 = if rng.next_u64().is_multiple_of(2) { 4096 } else { 64 };
     let mut bytes = claimed.to_le_bytes().to_vec();
     bytes.extend_from_slice(&(rng.next_u64() as u32).to_le_bytes());
     bytes.extend_from_slice(&body);
@@ -93,7 +93,7 @@ async fn agent_kill_loop_loses_nothing_stored() {
     }
     // A last run with nothing new to capture sends what is left and exits; it is also
     // the one that meets the last torn tail.
-    if kills % 4 != 0 {
+    if !kills.is_multiple_of(4) {
         torn += tear_tail(spool.path(), &mut rng);
     }
     let last = common::agent(&server.url(), device, spool.path(), free_addr(), 4.0)

@@ -93,6 +93,45 @@ async fn abuse(addr: SocketAddr, frames: impl Iterator<Item = Vec<u8>>) -> (bool
     (matches!(closed, Ok(Ok((true, _)))), sent)
 }
 
+/// The control for the attacks: the same raw client, well-behaved (a health check), gets
+/// its answer (a HEADERS frame on its stream) and is not disconnected. Without it a raw
+/// client the server could not parse at all would "pass" every attack.
+async fn well_formed_raw_request_is_answered(addr: SocketAddr) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &grpc_headers("/grpc.health.v1.Health/Check"),
+    ));
+    hello.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0])); // an empty HealthCheckRequest
+    conn.write_all(&hello).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut header = [0u8; 9];
+        loop {
+            conn.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let (kind, flags) = (header[3], header[4]);
+            let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            let mut payload = vec![0u8; len];
+            conn.read_exact(&mut payload).await?;
+            if kind == SETTINGS && flags & 0x1 == 0 {
+                conn.write_all(&frame(SETTINGS, 0x1, 0, &[])).await?;
+            }
+            if kind == HEADERS && stream == 1 {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(answered, Ok(Ok(()))),
+        "a well-formed raw request was not answered: {answered:?}"
+    );
+}
+
 /// A legitimate Detect round trip's latency.
 async fn legit_latency(url: &str, jpeg: &[u8], sequence: u64) -> Duration {
     let mut c = IngestClient::connect(url.to_string()).await.unwrap();
@@ -116,6 +155,7 @@ async fn http2_abuse_is_cut_off_and_legitimate_clients_keep_their_latency() {
         sequence += 1;
         baseline = baseline.max(legit_latency(&pod.url(), &jpeg, sequence).await);
     }
+    well_formed_raw_request_is_answered(pod.grpc).await;
     let rss = RssSampler::start(pod.child.id());
     let rss_before = visionfleet_chaos::rss_bytes(pod.child.id()).unwrap();
     let detect = grpc_headers("/visionfleet.v1.Ingest/Detect");

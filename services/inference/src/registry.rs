@@ -59,18 +59,24 @@ fn options(config: &Config) -> DetectorOptions {
     }
 }
 
-/// Loads a model and runs one warm-up pass (the first forward allocates and tunes), off the
-/// async runtime.
+/// Loads a model and runs warm-up passes off the async runtime: one frame, then a full
+/// batch of `max_batch` frames. The first forward at a batch size allocates the detector's
+/// scratch memory; doing it here keeps that latency off the first real frames and makes
+/// the pod's resident memory after start-up its working set under load.
 async fn load_warm(
     store: &ModelStore,
     name: &str,
     options: DetectorOptions,
+    max_batch: usize,
 ) -> Result<Detector, Error> {
     let (store, name) = (store.clone(), name.to_string());
     tokio::task::spawn_blocking(move || {
         let detector = store.load(&name, &visionfleet_detector::default_device(), options)?;
         let blank = image::RgbImage::new(64, 64);
         detector.detect(&[(&blank).into()])?;
+        if max_batch > 1 {
+            detector.detect(&vec![(&blank).into(); max_batch])?;
+        }
         Ok(detector)
     })
     .await
@@ -90,7 +96,8 @@ pub async fn load_all(config: &Config, metrics: &Arc<Metrics>) -> Result<ModelRe
     let store = ModelStore::open(&config.models_dir)?;
     let registry = ModelRegistry::default();
     for name in &config.models {
-        let detector = load_warm(&store, name, options(config)).await?;
+        let max_batch = config.batch_policy(name).max_batch_size;
+        let detector = load_warm(&store, name, options(config), max_batch).await?;
         set_info(metrics, detector.manifest(), 1);
         tracing::info!(model = %name, version = %detector.manifest().version, "model loaded");
         registry.insert(Batcher::start(
@@ -135,7 +142,8 @@ pub async fn watch(
             {
                 continue;
             }
-            match load_warm(&store, &name, options(&config)).await {
+            let max_batch = config.batch_policy(&name).max_batch_size;
+            match load_warm(&store, &name, options(&config), max_batch).await {
                 Ok(detector) => {
                     let new_manifest = detector.manifest().clone();
                     let batcher =
