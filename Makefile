@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test up down models deps test-deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest chaos
+.PHONY: demo test up down models deps test-deps build-deps build fmt-check clippy k8s-check bench-detector bench-serving bench-agent fuzz loadtest chaos
 
 ## demo: broker + inference server + edge agent + consumer, end to end, then stop
 demo: build models deps
@@ -71,12 +71,16 @@ test-deps:
 	scripts/kube-apiserver.sh install
 	scripts/k8s-crds.sh install
 
-build:
+## build-deps: system build dependencies (OpenSSL development files for librdkafka's TLS)
+build-deps:
+	scripts/build-deps.sh
+
+build: build-deps
 	$(CARGO) build --workspace
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-clippy:
+clippy: build-deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p visionfleet-edge-agent --features v4l2 -- -D warnings

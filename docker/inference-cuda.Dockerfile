@@ -4,7 +4,7 @@
 # container runtime (runtimeClassName: nvidia in the chart's GPU values). Run `make
 # models` first: the weights are copied into /models (see inference.Dockerfile).
 FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build
-RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential cmake pkg-config \
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential cmake pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
 ENV PATH=/root/.cargo/bin:$PATH
@@ -16,6 +16,8 @@ RUN cargo build --release -p visionfleet-inference --features cuda \
  && install -D target/release/visionfleet-inference /out/visionfleet-inference
 
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3t64 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin visionfleet
 COPY --from=build /out/ /usr/local/bin/
 COPY models/ /models/

@@ -6,14 +6,14 @@
 # InferencePool sets `modelsDir`.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake libssl-dev && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release -p visionfleet-inference -p vfctl \
  && install -D target/release/visionfleet-inference /out/visionfleet-inference \
  && install -D target/release/vfctl /out/vfctl
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin visionfleet
 COPY --from=build /out/ /usr/local/bin/

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make fuzz` (part of `make test`): runs the libFuzzer target `decode_frame` (protobuf
-# Frame bytes, then the image decoders) for FUZZ_SECONDS (default 60) with AddressSanitizer.
+# `make fuzz` (part of `make test`): runs each libFuzzer target for FUZZ_SECONDS (default
+# 60) with AddressSanitizer: `decode_frame` (protobuf Frame bytes, then the image decoders)
+# and `spool_records` (arbitrary segment and ack-log bytes through the agent's spool
+# recovery). FUZZ_TARGETS picks targets.
 # Installs cargo-fuzz into .state/tools on first use. The corpus grows in .state/fuzz and
 # starts from the committed seeds in fuzz/seeds; a crash leaves its input in
 # .state/fuzz/artifacts and fails the run.
@@ -8,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_TO_RUN=${FUZZ_SECONDS:-60}
-TARGET=decode_frame
+TARGETS=${FUZZ_TARGETS:-decode_frame spool_records}
 TOOLS=.state/tools
 WORK=.state/fuzz
 
@@ -23,19 +25,19 @@ if [[ ! -x "$TOOLS/bin/cargo-fuzz" ]]; then
 fi
 export PATH="$PWD/$TOOLS/bin:$PATH"
 
-mkdir -p "$WORK/corpus/$TARGET" "$WORK/artifacts/$TARGET"
-# The fuzz crate is its own workspace with its own target folder, so the sanitizer build
-# never invalidates the main build.
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 cd fuzz
-cargo +nightly fuzz build --release "$TARGET" 2>&1 | grep -Ev '^\s+(Compiling|Checking)' >&2 || true
-cargo +nightly fuzz run --release "$TARGET" "../$WORK/corpus/$TARGET" "seeds/$TARGET" -- \
-  -max_total_time="$SECONDS_TO_RUN" -rss_limit_mb=1024 -timeout=10 \
-  -artifact_prefix="../$WORK/artifacts/$TARGET/" -print_final_stats=1 2>"../$WORK/$TARGET.log" || {
-  tail -n 40 "../$WORK/$TARGET.log" >&2
-  echo "fuzz: $TARGET FAILED, reproducer(s) in $WORK/artifacts/$TARGET/" >&2
-  exit 1
-}
-runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "../$WORK/$TARGET.log" | tail -n 1)
-corpus=$(find "../$WORK/corpus/$TARGET" -type f | wc -l)
-echo "fuzz: $TARGET ran ${runs:-?} inputs in ${SECONDS_TO_RUN} s, no crash (corpus $corpus inputs)"
+for TARGET in $TARGETS; do
+  mkdir -p "../$WORK/corpus/$TARGET" "../$WORK/artifacts/$TARGET"
+  cargo +nightly fuzz build --release "$TARGET" 2>&1 | grep -Ev '^\s+(Compiling|Checking)' >&2 || true
+  cargo +nightly fuzz run --release "$TARGET" "../$WORK/corpus/$TARGET" "seeds/$TARGET" -- \
+    -max_total_time="$SECONDS_TO_RUN" -rss_limit_mb=1024 -timeout=10 \
+    -artifact_prefix="../$WORK/artifacts/$TARGET/" -print_final_stats=1 2>"../$WORK/$TARGET.log" || {
+    tail -n 40 "../$WORK/$TARGET.log" >&2
+    echo "fuzz: $TARGET FAILED, reproducer(s) in $WORK/artifacts/$TARGET/" >&2
+    exit 1
+  }
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "../$WORK/$TARGET.log" | tail -n 1)
+  corpus=$(find "../$WORK/corpus/$TARGET" -type f | wc -l)
+  echo "fuzz: $TARGET ran ${runs:-?} inputs in ${SECONDS_TO_RUN} s, no crash (corpus $corpus inputs)"
+done

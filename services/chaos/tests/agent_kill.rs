@@ -37,7 +37,11 @@ fn tear_tail(spool: &Path, rng: &mut Rng) -> u64 {
         })
         .expect("a segment exists after the first capture");
     let body: Vec<u8> = (0..64).map(|_| rng.next_u64() as u8).collect();
-    let claimed: u32 = if rng.next_u64().is_multiple_of(2) { 4096 } else { 64 };
+    let claimed: u32 = if rng.next_u64().is_multiple_of(2) {
+        4096
+    } else {
+        64
+    };
     let mut bytes = claimed.to_le_bytes().to_vec();
     bytes.extend_from_slice(&(rng.next_u64() as u32).to_le_bytes());
     bytes.extend_from_slice(&body);

@@ -208,6 +208,16 @@ pub struct Pod {
 impl Pod {
     /// Starts the pod binary and waits until `/readyz` answers 200.
     pub async fn start(bootstrap: &str, topic: &str, extra: &[&str]) -> Self {
+        Self::start_logging(bootstrap, topic, extra, None).await
+    }
+
+    /// Like [`Pod::start`], with the pod's output (debug logging on) written to `log`.
+    pub async fn start_logging(
+        bootstrap: &str,
+        topic: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let (grpc, http) = (free_addr(), free_addr());
         let models = crate::support::models_dir();
         let dlq = format!("{topic}.dlq");
@@ -224,8 +234,9 @@ impl Pod {
             .arg("--models-dir")
             .arg(models)
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("VF_LOG", if log.is_some() { "debug" } else { "info" })
+            .stdout(output(log))
+            .stderr(output(log))
             .spawn()
             .unwrap();
         crate::support::eventually_async("the pod ready", Duration::from_secs(90), || async {
@@ -248,6 +259,18 @@ impl Pod {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn output(log: Option<&Path>) -> Stdio {
+    match log {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .into(),
+        None => Stdio::null(),
     }
 }
 
