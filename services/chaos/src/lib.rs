@@ -145,6 +145,26 @@ impl Tally {
             .collect()
     }
 
+    /// A scenario's figures when its agents accepted `accepted` (event ids): reported, and a
+    /// test failure naming the missing ids if any accepted frame has no event.
+    pub fn settle(&self, scenario: &str, accepted: &[String], recovery: Duration) -> Figures {
+        let missing = self.missing(accepted);
+        let figures = Figures {
+            scenario: scenario.to_string(),
+            captured: accepted.len() as u64,
+            events: (accepted.len() - missing.len()) as u64,
+            lost: missing.len() as u64,
+            duplicates: self.duplicates(),
+            recovery,
+        };
+        figures.report();
+        assert!(
+            missing.is_empty(),
+            "{scenario}: accepted frames without an event: {missing:?}"
+        );
+        figures
+    }
+
     /// Sequences seen for one device.
     pub fn sequences(&self, device: &str) -> BTreeSet<u64> {
         let prefix = format!("{device}/");

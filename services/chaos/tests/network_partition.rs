@@ -24,7 +24,7 @@ use common::{published, tally, RssSampler, WINDOW};
 use support::{config, Kafka, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use visionfleet_chaos::{event_id, Figures, Rng, Scale};
+use visionfleet_chaos::{event_id, Rng, Scale};
 use visionfleet_edge_agent::lanes::peek;
 
 /// A network namespace and the veth pair into it; removed on drop.
@@ -291,24 +291,11 @@ async fn partitions_and_degraded_links_lose_nothing() {
     );
     let accepted: Vec<String> = (1..=stored).map(|s| event_id(device, s)).collect();
     let seen = tally(&kafka.bootstrap, topic, accepted.len());
-    let missing = seen.missing(&accepted);
-    Figures {
-        scenario: "network-partition".into(),
-        captured: stored,
-        events: seen.distinct(),
-        lost: missing.len() as u64,
-        duplicates: seen.duplicates(),
-        recovery: worst_recovery,
-    }
-    .report();
+    seen.settle("network-partition", &accepted, worst_recovery);
     println!(
         "network-partition: backlog drain rates {:?} frames/s against {fps} captured/s, agent RSS growth {} KiB",
         drain_rates.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
         growth >> 10
-    );
-    assert!(
-        missing.is_empty(),
-        "stored frames without an event: {missing:?}"
     );
     assert!(!drain_rates.is_empty(), "a cut left a backlog to drain");
     for r in &drain_rates {

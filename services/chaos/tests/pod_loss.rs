@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{published, tally, Fleet, Pod, WINDOW};
 use support::Kafka;
-use visionfleet_chaos::{Figures, Scale};
+use visionfleet_chaos::Scale;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_killed_mid_stream_loses_nothing() {
@@ -50,20 +50,7 @@ async fn a_pod_killed_mid_stream_loses_nothing() {
     let url = second.url();
     let accepted = fleet.finish(&url);
     let seen = tally(&kafka.bootstrap, topic, accepted.len());
-    let missing = seen.missing(&accepted);
-    let figures = Figures {
-        scenario: "pod-loss".into(),
-        captured: accepted.len() as u64,
-        events: seen.distinct(),
-        lost: missing.len() as u64,
-        duplicates: seen.duplicates(),
-        recovery,
-    };
-    figures.report();
-    assert!(
-        missing.is_empty(),
-        "stored frames without an event: {missing:?}"
-    );
+    let figures = seen.settle("pod-loss", &accepted, recovery);
     assert_eq!(
         seen.distinct(),
         accepted.len() as u64,
