@@ -19,7 +19,7 @@ export VF_CHAOS_REPORT="$PWD/$report"
 status=0
 # One scenario at a time: each measures recovery and memory, which a neighbour's load
 # would distort.
-cargo test -p visionfleet-chaos --all-targets -- --test-threads=1 ${CHAOS_FILTER:-} || status=$?
+cargo test -p visionfleet-chaos --all-targets -- --test-threads=1 --nocapture ${CHAOS_FILTER:-} || status=$?
 
 echo
 echo "chaos summary (${VF_CHAOS} run):"
