@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{published, tally, Fleet};
+use common::{published, published_beyond, tally, Fleet};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -102,12 +102,7 @@ async fn killing_the_partition_leader_again_and_again_loses_nothing() {
 
     let fleet = Fleet::start(&server.url(), "cam-failover", agents, fps);
     let http = server.http;
-    let acks_beyond = |floor: u64, what: &'static str| async move {
-        support::eventually_async(what, Duration::from_secs(120), || async {
-            (published(http).await > floor).then_some(())
-        })
-        .await
-    };
+    let acks_beyond = |floor, what| published_beyond(http, floor, what, Duration::from_secs(120));
     acks_beyond(0, "the first acknowledgements").await;
 
     let mut pauses = Vec::new();

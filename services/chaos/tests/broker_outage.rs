@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{published, tally, Fleet};
+use common::{published, published_beyond, tally, Fleet};
 use support::{config, Kafka, TestServer};
 use visionfleet_chaos::Scale;
 
@@ -38,16 +38,13 @@ async fn broker_outages_lose_nothing_and_acks_resume() {
     ))
     .await;
     let fleet = Fleet::start(&server.url(), "cam-outage", agents, fps);
-    let flowing = |floor: u64| {
-        let http = server.http;
-        async move {
-            support::eventually_async(
-                "acknowledgements flowing",
-                Duration::from_secs(60),
-                || async { (published(http).await > floor).then_some(()) },
-            )
-            .await
-        }
+    let flowing = |floor| {
+        published_beyond(
+            server.http,
+            floor,
+            "acknowledgements flowing",
+            Duration::from_secs(60),
+        )
     };
     flowing(0).await;
 

@@ -180,15 +180,7 @@ async fn malformed_frames_do_not_disturb_the_good_ones_in_their_batch() {
         frames.push(frame(sequence, image));
         expected_bad.insert(sequence, (reason, message));
     }
-    let mut acks = client
-        .stream_frames(tokio_stream::iter(frames))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut by_seq = BTreeMap::new();
-    while let Some(ack) = acks.message().await.unwrap() {
-        by_seq.insert(ack.sequence, ack);
-    }
+    let by_seq = support::stream_acks(&mut client, frames).await;
     for (s, (reason, message)) in &expected_bad {
         let ack = &by_seq[s];
         assert_eq!(ack.status, AckStatus::Rejected as i32, "{ack:?}");

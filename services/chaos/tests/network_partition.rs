@@ -20,11 +20,11 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{published, tally, RssSampler, WINDOW};
+use common::{published, published_beyond, tally, RssSampler, WINDOW};
 use support::{config, Kafka, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use visionfleet_chaos::{event_id, Rng, Scale};
+use visionfleet_chaos::{Rng, Scale};
 use visionfleet_edge_agent::lanes::peek;
 
 /// A network namespace and the veth pair into it; removed on drop.
@@ -215,12 +215,7 @@ async fn partitions_and_degraded_links_lose_nothing() {
     inner.args(["--count", "1000000"]);
     let child: Child = ns.wrap(&inner).spawn().unwrap();
     let http = server.http;
-    support::eventually_async(
-        "first acks over the veth",
-        Duration::from_secs(60),
-        || async { (published(http).await > 0).then_some(()) },
-    )
-    .await;
+    published_beyond(http, 0, "first acks over the veth", Duration::from_secs(60)).await;
     // The agent runs as a child of `ip netns exec`, which execs it: same pid.
     let rss = RssSampler::start(child.id());
 
@@ -232,10 +227,7 @@ async fn partitions_and_degraded_links_lose_nothing() {
         let before = published(http).await;
         ns.link(true);
         let restored = Instant::now();
-        support::eventually_async("acks after the cut", Duration::from_secs(90), || async {
-            (published(http).await > before).then_some(())
-        })
-        .await;
+        published_beyond(http, before, "acks after the cut", Duration::from_secs(90)).await;
         worst_recovery = worst_recovery.max(restored.elapsed());
         // Drain rate from the first ack on: what is sent per second while capture goes on.
         let backlog = peek(spool.path()).unwrap().0.len() as f64;
@@ -262,34 +254,8 @@ async fn partitions_and_degraded_links_lose_nothing() {
     relay.set(Impairment::default());
 
     let growth = rss.second_half_growth();
-    let stored = {
-        common::terminate(&child);
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        summary["spool"]["appended"].as_u64().unwrap()
-    };
-    // Whatever the agent still held goes out from the host side.
-    let drain = common::agent(
-        &server.url(),
-        device,
-        spool.path(),
-        common::free_addr(),
-        fps,
-    )
-    .args(["--count", "0"])
-    .output()
-    .unwrap();
-    assert!(
-        drain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drain.stderr)
-    );
-    let accepted: Vec<String> = (1..=stored).map(|s| event_id(device, s)).collect();
+    // Stop capture, then send whatever the agent still held from the host side.
+    let accepted = common::finish_agents(vec![(child, device, spool.path())], &server.url());
     let seen = tally(&kafka.bootstrap, topic, accepted.len());
     seen.settle("network-partition", &accepted, worst_recovery);
     println!(

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{published, tally, Fleet, Pod, WINDOW};
+use common::{published_beyond, tally, Fleet, Pod, WINDOW};
 use support::Kafka;
 use visionfleet_chaos::Scale;
 
@@ -29,18 +29,20 @@ async fn a_pod_killed_mid_stream_loses_nothing() {
 
     let fleet = Fleet::start(&endpoints, "cam-podloss", agents, fps);
     // Streaming to the first pod, with frames in flight.
-    support::eventually_async(
+    published_beyond(
+        first.http,
+        agents as u64 - 1,
         "acks from the first pod",
         Duration::from_secs(60),
-        || async { (published(first.http).await >= agents as u64).then_some(()) },
     )
     .await;
     first.kill();
     let killed = Instant::now();
-    support::eventually_async(
+    published_beyond(
+        second.http,
+        0,
         "acks from the second pod",
         Duration::from_secs(60),
-        || async { (published(second.http).await > 0).then_some(()) },
     )
     .await;
     let recovery = killed.elapsed();

@@ -375,15 +375,7 @@ async fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
             )),
         ),
     ];
-    let mut acks = client
-        .stream_frames(tokio_stream::iter(frames))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut by_seq = BTreeMap::new();
-    while let Some(ack) = acks.message().await.unwrap() {
-        by_seq.insert(ack.sequence, ack);
-    }
+    let by_seq = support::stream_acks(&mut client, frames).await;
     assert_eq!(by_seq[&7].status, AckStatus::Rejected as i32);
     assert_eq!(by_seq[&7].reject_reason, RejectReason::InvalidImage as i32);
     assert!(

@@ -123,6 +123,15 @@ pub async fn published(pod_http: SocketAddr) -> u64 {
     metric(&scrape, "vf_frames_published_total") as u64
 }
 
+/// Waits until the pod has seen more than `floor` events confirmed (`what` names the wait
+/// in the failure message).
+pub async fn published_beyond(pod_http: SocketAddr, floor: u64, what: &str, timeout: Duration) {
+    crate::support::eventually_async(what, timeout, || async {
+        (published(pod_http).await > floor).then_some(())
+    })
+    .await
+}
+
 /// Stops capture on every agent at once (SIGTERM), then lets one more run per spool,
 /// with nothing to capture, send what is still there. Returns the event ids the agents
 /// accepted: numbering is gap-free from 1, so a device's highest stored sequence is how

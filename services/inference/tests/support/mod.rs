@@ -203,6 +203,24 @@ impl TestServer {
     }
 }
 
+/// Sends `frames` on one `StreamFrames` stream and collects every ack, by sequence, until
+/// the pod ends the stream.
+pub async fn stream_acks(
+    client: &mut visionfleet_proto::v1::ingest_client::IngestClient<tonic::transport::Channel>,
+    frames: Vec<visionfleet_proto::v1::Frame>,
+) -> std::collections::BTreeMap<u64, visionfleet_proto::v1::FrameAck> {
+    let mut acks = client
+        .stream_frames(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut by_seq = std::collections::BTreeMap::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        by_seq.insert(ack.sequence, ack);
+    }
+    by_seq
+}
+
 /// A minimal HTTP/1.1 GET: status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, &[]).await
